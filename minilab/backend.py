@@ -1,0 +1,106 @@
+"""Which array module (NumPy or CuPy) and which device.
+
+minilab writes array code once against ``xp``, the module that owns the arrays::
+
+    xp = backend.array_module(x, w)
+    y = xp.tensordot(x, w, ...)
+
+and it runs unchanged on NumPy (CPU) and CuPy (GPU). This is the only module that imports
+CuPy or ``numba.cuda``; both are optional. Nothing moves between host and device unless the
+caller asks for it with :func:`to_device`.
+
+Numba CUDA kernels are defined with ``backend.cuda.jit`` beside the function that calls
+them. Without a GPU they still run under Numba's CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1``), which takes NumPy arrays: :func:`cudasim` says whether it is on.
+"""
+import os
+import warnings
+
+import numpy as np
+
+try:  # optional: the GPU array module
+    import cupy
+except ImportError:  # pragma: no cover - depends on the machine
+    cupy = None
+
+try:  # optional: numba-cuda (or Numba's built-in copy); also provides the simulator
+    from numba import cuda
+except ImportError:  # pragma: no cover - depends on the machine
+    cuda = None
+
+DEVICES = ("cpu", "gpu", "auto")
+_warned_fallback = False
+
+
+def cudasim():
+    """True when Numba's CUDA simulator is on (``NUMBA_ENABLE_CUDASIM=1``)."""
+    return cuda is not None and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+
+
+def gpu_available():
+    """True when CuPy is installed and sees at least one CUDA device."""
+    if cupy is None:
+        return False
+    try:
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no driver, no device, or a broken install
+        return False
+
+
+def is_gpu_array(x):
+    """True for a CuPy array."""
+    return cupy is not None and isinstance(x, cupy.ndarray)
+
+
+def array_module(*arrays):
+    """The array module (``numpy`` or ``cupy``) that owns ``arrays``.
+
+    ``None`` entries are ignored; anything that is not a CuPy array counts as NumPy.
+    Mixing NumPy and CuPy arrays raises ``TypeError``: minilab never copies between host
+    and device behind the caller's back.
+    """
+    kinds = {is_gpu_array(a) for a in arrays if a is not None}
+    if len(kinds) > 1:
+        where = ", ".join(f"argument {i}: {'cupy' if is_gpu_array(a) else 'numpy'}"
+                          for i, a in enumerate(arrays) if a is not None)
+        raise TypeError(f"arrays must all be NumPy or all be CuPy, got a mix ({where}); "
+                        "move them with minilab.backend.to_device first")
+    return cupy if kinds == {True} else np
+
+
+def resolve_device(device):
+    """Turn ``"cpu" | "gpu" | "auto"`` into ``"cpu"`` or ``"gpu"``.
+
+    ``"auto"`` picks the GPU when one is usable and otherwise falls back to the CPU, saying so
+    once per process. ``"gpu"`` without a usable GPU raises ``RuntimeError``.
+    """
+    global _warned_fallback
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    if gpu_available():
+        return "gpu"
+    if device == "gpu":
+        reason = "CuPy is not installed" if cupy is None else "CuPy sees no CUDA device"
+        raise RuntimeError(f"device='gpu' was requested but {reason}; "
+                           "install the 'gpu' extra on a machine with an NVIDIA GPU, or use device='cpu'")
+    if not _warned_fallback:
+        warnings.warn("device='auto': no usable GPU, running on the CPU", RuntimeWarning, stacklevel=2)
+        _warned_fallback = True
+    return "cpu"
+
+
+def to_device(x, device):
+    """Return ``x`` as an array on ``device`` (``"cpu"``, ``"gpu"`` or ``"auto"``).
+
+    An array already on that device is returned as it is, without a copy.
+    """
+    if resolve_device(device) == "gpu":
+        return cupy.asarray(x)
+    return cupy.asnumpy(x) if is_gpu_array(x) else np.asarray(x)
+
+
+def to_numpy(x):
+    """``x`` as a NumPy array (copied from the GPU when it is a CuPy array)."""
+    return cupy.asnumpy(x) if is_gpu_array(x) else np.asarray(x)

@@ -1,0 +1,63 @@
+"""Input checks shared by every public function.
+
+Numba does not check bounds, so a wrong shape reaching a kernel is a segfault or a silent
+wrong answer. Public functions call these helpers first; each raises ``TypeError`` (wrong
+kind of thing) or ``ValueError`` (right kind, wrong value) with a message that names the
+argument, what was expected and what was given.
+"""
+import numbers
+
+import numpy as np
+
+from . import backend
+
+FLOATS = (np.float32, np.float64)
+
+
+def float_array(name, x, ndim=None, finite=True):
+    """Check that ``x`` is a float32/float64 NumPy or CuPy array of ``ndim`` dimensions.
+
+    ``finite=True`` also rejects NaN and infinity. Returns ``x`` unchanged.
+    """
+    if not (isinstance(x, np.ndarray) or backend.is_gpu_array(x)):
+        raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    if x.dtype not in FLOATS:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {x.dtype}")
+    if finite and not bool(backend.array_module(x).isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return x
+
+
+def integer(name, value, minimum=None):
+    """Check that ``value`` is an integer (not a bool) no smaller than ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def positive(name, value):
+    """Check that ``value`` is a finite real number > 0; returns it as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    return float(value)
+
+
+def pair(name, value, minimum=0):
+    """An int or a pair of ints (e.g. padding), each >= ``minimum``, as a tuple of two."""
+    values = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
+    if len(values) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return tuple(integer(name, v, minimum) for v in values)
+
+
+def choice(name, value, options):
+    """Check that ``value`` is one of ``options``."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
+    return value

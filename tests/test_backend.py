@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from minilab import backend, validate
+
+
+def test_array_module_numpy():
+    assert backend.array_module(np.zeros(2), None, np.ones(3)) is np
+    assert backend.array_module() is np
+
+
+@pytest.mark.gpu
+def test_array_module_mixed_raises():
+    with pytest.raises(TypeError, match="mix"):
+        backend.array_module(np.zeros(2), backend.cupy.zeros(2))
+
+
+@pytest.mark.gpu
+def test_to_device_round_trip():
+    x = np.arange(6.0).reshape(2, 3)
+    g = backend.to_device(x, "gpu")
+    assert backend.array_module(g) is backend.cupy
+    np.testing.assert_array_equal(backend.to_device(g, "cpu"), x)
+
+
+def test_resolve_device():
+    assert backend.resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="device"):
+        backend.resolve_device("tpu")
+
+
+@pytest.mark.skipif(backend.gpu_available(), reason="tests the machine without a GPU")
+def test_no_gpu_fallback(monkeypatch):
+    monkeypatch.setattr(backend, "_warned_fallback", False)
+    with pytest.warns(RuntimeWarning, match="CPU"):
+        assert backend.resolve_device("auto") == "cpu"
+    assert backend.resolve_device("auto") == "cpu"  # says so only once
+    with pytest.raises(RuntimeError, match="gpu"):
+        backend.resolve_device("gpu")
+    np.testing.assert_array_equal(backend.to_device([1, 2], "auto"), [1, 2])
+
+
+def test_validate_messages():
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        validate.float_array("x", np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="x must have 4 dimensions"):
+        validate.float_array("x", np.zeros(3), ndim=4)
+    with pytest.raises(ValueError, match="x contains NaN"):
+        validate.float_array("x", np.array([1.0, np.nan]))
+    with pytest.raises(TypeError, match="x must be a NumPy"):
+        validate.float_array("x", [1.0])
+    with pytest.raises(ValueError, match="rate must be >= 1"):
+        validate.integer("rate", 0, minimum=1)
+    with pytest.raises(TypeError, match="rate must be an integer"):
+        validate.integer("rate", 1.5)
+    with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
+        validate.positive("sigma", -1)
+    assert validate.pair("padding", 2) == (2, 2)
+    with pytest.raises(ValueError, match="padding must be >= 0"):
+        validate.pair("padding", (1, -1))
+    with pytest.raises(ValueError, match="method must be one of"):
+        validate.choice("method", "fft", {"sparse", "zeros"})

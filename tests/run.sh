@@ -20,4 +20,4 @@ echo "== 4/5 lessons, executed end to end"
 run_pytest --nbmake lessons -p no:cacheprovider
 
 echo "== 5/5 documentation site"
-mkdocs build --strict --site-dir "$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir "$(mktemp -d)"

@@ -141,3 +141,17 @@ def test_conv1d_bad_inputs(rng):
         atrous_conv1d(x, w, 5)
     with pytest.raises(TypeError, match="w"):
         atrous_conv1d(x, w.astype(np.float32), 1)
+
+
+class _FakeGpuArray(np.ndarray):
+    """Stands in for a CuPy array where CuPy is absent, to test the mixed-inputs check."""
+
+
+def test_mixed_numpy_and_gpu_arrays_are_refused(rng, monkeypatch):
+    from minilab import backend
+    monkeypatch.setattr(backend, "is_gpu_array", lambda a: isinstance(a, _FakeGpuArray))
+    x, w = _inputs(rng)
+    with pytest.raises(TypeError, match="w is a CuPy array but x is a NumPy array"):
+        atrous_conv2d_forward(x, w.view(_FakeGpuArray))
+    with pytest.raises(TypeError, match="b is a NumPy array but x is a CuPy array"):
+        atrous_conv2d_forward(x.view(_FakeGpuArray), w.view(_FakeGpuArray), np.zeros(3, np.float32))

@@ -27,6 +27,23 @@ def test_cuda_kernels_match_njit_kernels(rate, stride, rng):
         np.testing.assert_allclose(g_gpu, g_cpu, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.cudasim
+@pytest.mark.parametrize("rate, stride", [(1, 1), (3, 1), (2, 3)])
+def test_cuda_im2col_and_col2im_match_njit(rate, stride, rng):
+    xpad = rng.standard_normal((2, 3, 12, 11)).astype(np.float32)
+    kh, kw = 3, 2
+    ho, wo = atrous._out_size(xpad.shape, (1, 3, kh, kw), rate, stride)
+    cols_cpu, cols_gpu = (np.empty((3 * kh * kw, 2, ho, wo), np.float32) for _ in range(2))
+    atrous._im2col_cpu(xpad, kh, kw, rate, stride, cols_cpu)
+    atrous._im2col_cuda(xpad, kh, kw, rate, stride, cols_gpu)
+    np.testing.assert_array_equal(cols_gpu, cols_cpu)
+    dcols = rng.standard_normal(cols_cpu.shape).astype(np.float32)
+    dx_cpu, dx_gpu = np.empty_like(xpad), np.empty_like(xpad)
+    atrous._col2im_cpu(dcols, kh, kw, rate, stride, dx_cpu)
+    atrous._col2im_cuda(dcols, kh, kw, rate, stride, dx_gpu)
+    np.testing.assert_allclose(dx_gpu, dx_cpu, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

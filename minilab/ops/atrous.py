@@ -240,8 +240,12 @@ def _im2col_cpu(xpad, kh, kw, rate, stride, ho, r0, cols):
         c, u, v = row // (kh * kw), row // kw % kh, row % kw
         for t in range(cols.shape[1]):
             n, i = (r0 + t) // ho, (r0 + t) % ho
-            for j in range(cols.shape[2]):
-                cols[row, t, j] = xpad[n, c, stride * i + rate * u, stride * j + rate * v]
+            src, dst = xpad[n, c, stride * i + rate * u], cols[row, t]
+            if stride == 1:  # a contiguous copy, which the compiler vectorises
+                dst[:] = src[rate * v: rate * v + dst.size]
+            else:
+                for j in range(dst.size):
+                    dst[j] = src[stride * j + rate * v]
 
 
 @njit(parallel=True, cache=True)
@@ -252,8 +256,12 @@ def _col2im_cpu(dcols, kh, kw, rate, stride, ho, r0, dxpad):
                 row = (c * kh + u) * kw + v
                 for t in range(dcols.shape[1]):
                     n, i = (r0 + t) // ho, (r0 + t) % ho
-                    for j in range(dcols.shape[2]):
-                        dxpad[n, c, stride * i + rate * u, stride * j + rate * v] += dcols[row, t, j]
+                    src, dst = dcols[row, t], dxpad[n, c, stride * i + rate * u]
+                    if stride == 1:
+                        dst[rate * v: rate * v + src.size] += src
+                    else:
+                        for j in range(src.size):
+                            dst[stride * j + rate * v] += src[j]
 
 
 def _sparse_forward(xpad, w, rate, stride):

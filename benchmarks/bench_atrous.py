@@ -166,11 +166,15 @@ def main():
         for s in skipped:
             print(f"  {name}: skipped {s}")
     threads = args.threads or os.cpu_count()
-    notes = (f"{threads} thread(s); OpenBLAS core type {openblas_core()}. float32, stride 1, padding = rate. Ratios are minilab time / torch time in the same "
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    notes = (f"{threads} thread(s); OpenBLAS core type {openblas_core()}; load average at the end "
+             f"{load} (other jobs shared the machine: compare ratios, not times). float32, stride 1, padding = rate. Ratios are minilab time / torch time in the same "
              "run (below 1 = faster). Peak MiB: memory allocated during forward+backward "
              "(not measured for torch). 'direct' is skipped on every shape (a loop reference); "
              f"'zeros' is skipped where its upsampled-filter im2col would exceed {ZEROS_LIMIT / 2**30:.0f} GiB.")
     suffix = f"_{args.threads}thread" if args.threads else ""
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        suffix += "_" + os.environ["OPENBLAS_CORETYPE"].lower()
     write_results(f"bench_atrous_{args.device}{suffix}", rows, notes)
 
 

@@ -58,10 +58,10 @@ def test_every_pair_of_methods_agrees(p):
             np.testing.assert_allclose(ga, gb, rtol=tol, atol=tol * scale, err_msg=f"{a} vs {b}: {what}")
 
 
-@pytest.mark.parametrize("rate", [1, 6, 24])
+@pytest.mark.parametrize("rate", [1, 6, 12])
 def test_methods_agree_on_a_deeplab_like_layer(rate, rng):
-    """A wider case: 16 channels, 3×3, 'same' padding = rate, as in ASPP."""
-    p = dict(n=1, c=16, f=8, h=27, w=25, kh=3, kw=3, rate=rate, padding=rate, stride=1,
+    """A wider case: 8 channels, 3×3, 'same' padding = rate, as in ASPP."""
+    p = dict(n=1, c=8, f=8, h=27, w=25, kh=3, kw=3, rate=rate, padding=rate, stride=1,
              bias=True, dtype=np.float64, seed=rate)
     results = run_all(p)
     for name, r in results.items():

@@ -137,7 +137,7 @@ def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="
                          f"larger than the padded input {hp}×{wp}; increase padding or lower rate")
 
     xpad = _pad(x, ph, pw)
-    out, ctx = METHODS[method].forward(xpad, w, rate, stride)
+    out, ctx = METHODS[method].forward(xpad, backend.array_module(w).ascontiguousarray(w), rate, stride)
     if b is not None:
         out += b[:, None, None]
     return out, (method, ctx, x.shape, (ph, pw), b is not None, out.shape, out.dtype)
@@ -185,11 +185,13 @@ def _same_kind(name, a, x):
 
 
 def _pad(x, ph, pw):
-    """x zero-padded by ph rows and pw columns on each side (x itself when there is nothing to add)."""
+    """x zero-padded by ph rows and pw columns on each side, C-contiguous (x itself when it
+    already is and there is nothing to add), so the kernels see one memory layout."""
+    xp = backend.array_module(x)
     if ph == 0 and pw == 0:
-        return x
+        return xp.ascontiguousarray(x)
     n, c, h, w = x.shape
-    xpad = backend.array_module(x).zeros((n, c, h + 2 * ph, w + 2 * pw), x.dtype)
+    xpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), x.dtype)
     xpad[:, :, ph:ph + h, pw:pw + w] = x
     return xpad
 

@@ -156,6 +156,9 @@ def test_mixed_numpy_and_gpu_arrays_are_refused(rng, monkeypatch):
         atrous_conv2d_forward(x, w.view(_FakeGpuArray))
     with pytest.raises(TypeError, match="b is a NumPy array but x is a CuPy array"):
         atrous_conv2d_forward(x.view(_FakeGpuArray), w.view(_FakeGpuArray), np.zeros(3, np.float32))
+    out, cache = atrous_conv2d_forward(x, w)
+    with pytest.raises(TypeError, match="dout is a CuPy array but the forward ran on NumPy"):
+        atrous_conv2d_backward(np.ones_like(out).view(_FakeGpuArray), cache)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -140,7 +140,7 @@ def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="
     out, ctx = METHODS[method].forward(xpad, backend.array_module(w).ascontiguousarray(w), rate, stride)
     if b is not None:
         out += b[:, None, None]
-    return out, (method, ctx, x.shape, (ph, pw), b is not None, out.shape, out.dtype)
+    return out, (method, ctx, x.shape, (ph, pw), b is not None, out.shape, out.dtype, backend.is_gpu_array(x))
 
 
 def atrous_conv2d_backward(dout, cache):
@@ -161,8 +161,11 @@ def atrous_conv2d_backward(dout, cache):
     dx : ndarray (N, C, H, W); dw : ndarray (F, C, kh, kw); db : ndarray (F,) or None when
     the forward had no bias.
     """
-    method, ctx, xshape, (ph, pw), has_bias, out_shape, dtype = cache
+    method, ctx, xshape, (ph, pw), has_bias, out_shape, dtype, on_gpu = cache
     validate.float_array("dout", dout, ndim=4)
+    if backend.is_gpu_array(dout) != on_gpu:
+        raise TypeError(f"dout is a {'CuPy' if not on_gpu else 'NumPy'} array but the forward ran on "
+                        f"{'CuPy' if on_gpu else 'NumPy'} arrays; move it with minilab.backend.to_device")
     if tuple(dout.shape) != tuple(out_shape):
         raise ValueError(f"dout must have the forward output's shape {tuple(out_shape)}, got {tuple(dout.shape)}")
     if dout.dtype != dtype:

@@ -110,19 +110,20 @@ def main():
 
     if args.device == "gpu":
         import cupy
-        to_array, sync = cupy.asarray, cupy.cuda.Device().synchronize
-        pool = cupy.get_default_memory_pool()
+        to_array, pool = cupy.asarray, cupy.get_default_memory_pool()
+
+        def sync():
+            cupy.cuda.Device().synchronize()
+            if torch is not None:
+                torch.cuda.synchronize()
 
         def peak(fn):
             pool.free_all_blocks()
             fn()
             sync()
             return pool.total_bytes() / 2**20
-        if torch is not None:
-            torch_sync = torch.cuda.synchronize
-            sync_all = lambda: (sync(), torch_sync())
     else:
-        to_array, sync, peak, sync_all = (lambda a: a), None, peak_mib, None
+        to_array, sync, peak = (lambda a: a), None, peak_mib
 
     rng = np.random.default_rng(0)
     rows = []
@@ -148,8 +149,8 @@ def main():
             tx = x if args.device == "cpu" else torch.as_tensor(x, device="cuda")
             tws = ws if args.device == "cpu" else [torch.as_tensor(w, device="cuda") for w in ws]
             fwds[ref], fbs[ref] = torch_branches(torch, tx, tws, rates)
-        t_fwd = interleaved_ms(fwds, repeat=args.repeat, sync=sync_all or sync)
-        t_fb = interleaved_ms(fbs, repeat=args.repeat, sync=sync_all or sync)
+        t_fwd = interleaved_ms(fwds, repeat=args.repeat, sync=sync)
+        t_fb = interleaved_ms(fbs, repeat=args.repeat, sync=sync)
         ref_f = t_fwd.get("cudnn", t_fwd.get("torch"))
         ref_fb = t_fb.get("cudnn", t_fb.get("torch"))
         for method in fwds:

@@ -59,8 +59,8 @@ def softmax_cross_entropy_forward(logits, labels, ignore_index=255):
     picked = xp.take_along_axis(logp, target[:, None], axis=1)[:, 0]
     count = int(valid.sum())
     total = -xp.where(valid, picked, 0).sum()
-    loss = total / count if count else xp.zeros((), dtype=logits.dtype)
-    return loss.astype(logits.dtype), (logp, target, valid, count)
+    loss = xp.asarray(total / count if count else 0, dtype=logits.dtype)
+    return loss, (logp, target, valid, count)
 
 
 def softmax_cross_entropy_backward(dout, cache):

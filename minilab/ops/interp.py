@@ -26,7 +26,7 @@ pass is the transpose, ``dX = A_h^T dY A_w``. The two corner conventions differ 
 import numpy as np
 
 from .. import backend, validate
-from ._checks import upstream_gradient
+from ._checks import label_array, upstream_gradient
 
 
 def interpolation_matrix(n_out, n_in, align_corners, dtype=np.float64):
@@ -133,12 +133,9 @@ def downsample_labels(labels, factor=None, *, size=None):
     -------
     ndarray of the same dtype, shape (..., h, w); a copy.
     """
-    if not (isinstance(labels, np.ndarray) or backend.is_gpu_array(labels)):
-        raise TypeError(f"labels must be a NumPy or CuPy array, got {type(labels).__name__}")
+    label_array("labels", labels)
     if labels.ndim < 2:
         raise ValueError(f"labels must have at least 2 dimensions (..., H, W), got shape {tuple(labels.shape)}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     if (factor is None) == (size is None):
         raise ValueError("give exactly one of factor and size")
     if factor is not None:

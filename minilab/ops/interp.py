@@ -3,7 +3,7 @@
 DeepLab computes its score map at output stride 8 and brings it back to the image size by
 bilinear interpolation (§3.1, Fig. 5): the map is smooth, so ×8 bilinear upsampling loses
 almost nothing and costs nothing to learn. During training the ground truth is subsampled
-by 8 instead (§4.1), so that the loss is computed on the stride-8 grid.
+by 8 instead (§4), so that the loss is computed on the stride-8 grid.
 
 Bilinear interpolation is separable: along one axis, output sample ``i`` reads the input at
 the real-valued source coordinate ``s_i`` and mixes its two neighbours,

@@ -1,7 +1,7 @@
 """2-D max pooling (forward and backward).
 
 DeepLab-VGG keeps VGG-16's five 3×3 max poolings with padding 1 but sets the stride of
-pool4 and pool5 to 1 (§3.1, §4.1), so the network's output stride is 8 instead of 32; the
+pool4 and pool5 to 1 (§3.1), so the network's output stride is 8 instead of 32; the
 other three pool with stride 2. For output pixel ``(i, j)`` of channel ``c``,
 
     out[n, c, i, j] = max_{0 <= a < kh, 0 <= b < kw} xpad[n, c, s_h i + a, s_w j + b],

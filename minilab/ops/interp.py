@@ -22,6 +22,11 @@ pass is the transpose, ``dX = A_h^T dY A_w``. The two corner conventions differ 
 * ``align_corners=False`` (PyTorch's default, half-pixel centres): the outer edges of the
   images coincide, ``s_i = (i + 1/2) n_in / n_out - 1/2``, clamped below at 0 (as PyTorch
   does); beyond the last centre the last pixel is repeated.
+
+Both coincide with ``scipy.ndimage.zoom(x, zoom, order=1)`` for every size:
+``align_corners=True`` with ``grid_mode=False``, and ``align_corners=False`` with
+``grid_mode=True, mode="nearest"`` (its repeated edge pixel is exactly the clamping); other
+``mode`` values differ at the borders when upsampling.
 """
 import numpy as np
 

@@ -73,6 +73,17 @@ def test_scipy_zoom_coincides_for_both_conventions(in_size, out_size, rng):
                                half_pixel, atol=1e-12)
 
 
+def test_scipy_border_modes_that_do_not_clamp_differ(rng):
+    x = rng.standard_normal((1, 1, 5, 6))
+    ours, _ = bilinear_resize_forward(x, (17, 13), align_corners=False)
+    zoom = (1, 1, 17 / 5, 13 / 6)
+    reflect = ndimage.zoom(x, zoom, order=1, grid_mode=True, mode="reflect")
+    mirror = ndimage.zoom(x, zoom, order=1, grid_mode=True, mode="mirror")
+    np.testing.assert_allclose(ours, reflect, atol=1e-12)
+    assert np.abs(ours - mirror).max() > 0.1
+    np.testing.assert_allclose(ours[..., 2:-2, 2:-2], mirror[..., 2:-2, 2:-2], atol=1e-12)  # inside
+
+
 def test_scipy_map_coordinates_at_the_aligned_source_points(rng):
     x = rng.standard_normal((7, 10))
     h, w = 19, 4

@@ -25,8 +25,9 @@ pass is the transpose, ``dX = A_h^T dY A_w``. The two corner conventions differ 
 
 Both coincide with ``scipy.ndimage.zoom(x, zoom, order=1)`` for every size:
 ``align_corners=True`` with ``grid_mode=False``, and ``align_corners=False`` with
-``grid_mode=True, mode="nearest"`` (its repeated edge pixel is exactly the clamping); other
-``mode`` values differ at the borders when upsampling.
+``grid_mode=True, mode="nearest"`` (or ``"reflect"``: half a pixel beyond the edge both
+repeat the edge pixel, which is exactly the clamping); ``"mirror"``, ``"wrap"`` and the
+constant modes differ at the borders when upsampling.
 """
 import numpy as np
 

@@ -238,6 +238,9 @@ def _backward_cuda(dout, arg, kh, kw, sh, sw, ph, pw, dx):
 
 def _numba_forward(x, ho, wo, geometry):
     xp = backend.array_module(x)
+    if xp is not np and cuda is None:
+        raise RuntimeError("method='numba' on CuPy arrays needs numba-cuda (the 'gpu' extra); "
+                           "install it or use method='xp'")
     n, c, h, w = x.shape
     planes = xp.ascontiguousarray(x).reshape(n * c, h, w)
     out = xp.empty((n * c, ho, wo), dtype=x.dtype)

@@ -46,12 +46,13 @@ def cases(rng):
                      interp.bilinear_resize_backward, score, up_dout),
                *theirs(lambda t: F.interpolate(t, size=(513, 513), mode="bilinear", align_corners=ac),
                        score, up_dout))
-    yield ("max_pool 3x3 s2 p1 1x64x321x321",
-           *ours(lambda x: pool.max_pool2d_forward(x, 3, 2, 1), pool.max_pool2d_backward, feat),
-           *theirs(lambda t: F.max_pool2d(t, 3, 2, 1), feat))
-    yield ("max_pool 3x3 s1 p1 1x512x41x41",
-           *ours(lambda x: pool.max_pool2d_forward(x, 3, 1, 1), pool.max_pool2d_backward, feat2),
-           *theirs(lambda t: F.max_pool2d(t, 3, 1, 1), feat2))
+    for method in pool.METHODS:
+        yield (f"max_pool 3x3 s2 p1 1x64x321x321 method={method}",
+               *ours(lambda x: pool.max_pool2d_forward(x, 3, 2, 1, method=method), pool.max_pool2d_backward, feat),
+               *theirs(lambda t: F.max_pool2d(t, 3, 2, 1), feat))
+        yield (f"max_pool 3x3 s1 p1 1x512x41x41 method={method}",
+               *ours(lambda x: pool.max_pool2d_forward(x, 3, 1, 1, method=method), pool.max_pool2d_backward, feat2),
+               *theirs(lambda t: F.max_pool2d(t, 3, 1, 1), feat2))
     yield ("relu 1x64x321x321", *ours(activations.relu_forward, activations.relu_backward, feat),
            *theirs(torch.relu, feat))
     yield ("batch_norm train 4x256x41x41",

@@ -113,9 +113,10 @@ def test_matches_torch_interpolate(in_size, out_size, align_corners, rng):
 
 
 @pytest.mark.parametrize("align_corners", [True, False])
-def test_float32_matches_torch_and_is_at_least_as_accurate(align_corners, rng):
-    """In float32 torch computes the source coordinates in float32 (errors of ~1e-5 at 513
-    pixels); minilab computes the weights in float64 and rounds them once."""
+def test_float32_matches_torch_and_stays_within_rounding(align_corners, rng):
+    """In float32 torch computes the source coordinates in float32 (with the half-pixel
+    convention, errors of ~3e-5 at 513 pixels); minilab computes the weights in float64 and
+    rounds them once, so it stays within float32 rounding of the float64 result."""
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((1, 3, 65, 65))
     x32 = x.astype(np.float32)
@@ -125,8 +126,7 @@ def test_float32_matches_torch_and_is_at_least_as_accurate(align_corners, rng):
                                              align_corners=align_corners).numpy()
     assert ours.dtype == np.float32
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
-    assert np.abs(ours - exact).max() <= np.abs(theirs - exact).max()
-    assert np.abs(ours - exact).max() < 1e-5
+    assert np.abs(ours - exact).max() < 1e-6  # values are of order 1
 
 
 @pytest.mark.parametrize("align_corners", [True, False])

@@ -219,14 +219,15 @@ def test_bad_inputs():
 def test_cuda_width_pass_matches_the_cpu_kernels(align_corners, rng):
     """The @cuda.jit twins of the width pass, launched on NumPy arrays (CUDA simulator)."""
     t = rng.standard_normal((6, 7)).astype(np.float32)
-    out, taps = interp._numba_forward(t, 19, align_corners)
+    out, width = interp._numba_forward(t, 19, align_corners)
+    lo, hi, frac = interp.interpolation_taps(19, 7, align_corners)
     gout = np.empty_like(out)
-    interp._lerp_cuda(t, *taps, gout)
+    interp._lerp_cuda(t, lo, hi, frac.astype(np.float32), gout)
     np.testing.assert_allclose(gout, out, rtol=1e-6, atol=1e-6)
     dout = rng.standard_normal(out.shape).astype(np.float32)
     gdt = np.empty_like(t)
-    interp._lerp_backward_cuda(dout, *taps, gdt)
-    np.testing.assert_allclose(gdt, interp._numba_backward(dout, taps, 7), rtol=1e-6, atol=1e-6)
+    interp._lerp_backward_cuda(dout, *width, gdt)
+    np.testing.assert_allclose(gdt, interp._numba_backward(dout, width, 7), rtol=1e-6, atol=1e-6)
 
 
 # ---- label subsampling -------------------------------------------------------------------

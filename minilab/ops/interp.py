@@ -169,13 +169,18 @@ def _lerp_row(t, r, lo, hi, frac, out):
         out[r, j] = (1 - frac[j]) * t[r, lo[j]] + frac[j] * t[r, hi[j]]
 
 
-def _lerp_row_backward(dout, r, lo, hi, frac, dt):
-    """The transpose of :func:`_lerp_row` for row r: each output gives back to its two taps."""
+def _lerp_row_backward(dout, r, frac, spans, dt):
+    """The transpose of :func:`_lerp_row` for row r, gathered per input column k:
+    dt[r, k] = sum of (1 - frac[j]) dout[r, j] over j with lo[j] = k, plus frac[j] dout[r, j]
+    over j with hi[j] = k. Those j are the contiguous spans[0, k]:spans[1, k] and
+    spans[2, k]:spans[3, k] (lo and hi never decrease)."""
     for k in range(dt.shape[1]):
-        dt[r, k] = 0
-    for j in range(dout.shape[1]):
-        dt[r, lo[j]] += (1 - frac[j]) * dout[r, j]
-        dt[r, hi[j]] += frac[j] * dout[r, j]
+        acc = 0.0
+        for j in range(spans[0, k], spans[1, k]):
+            acc += (1 - frac[j]) * dout[r, j]
+        for j in range(spans[2, k], spans[3, k]):
+            acc += frac[j] * dout[r, j]
+        dt[r, k] = acc
 
 
 _lerp_row_cpu = njit(cache=True)(_lerp_row)
@@ -189,9 +194,9 @@ def _lerp_cpu(t, lo, hi, frac, out):
 
 
 @njit(parallel=True, cache=True)
-def _lerp_backward_cpu(dout, lo, hi, frac, dt):
+def _lerp_backward_cpu(dout, frac, spans, dt):
     for r in prange(dt.shape[0]):
-        _lerp_row_backward_cpu(dout, r, lo, hi, frac, dt)
+        _lerp_row_backward_cpu(dout, r, frac, spans, dt)
 
 
 if cuda is not None:
@@ -205,10 +210,10 @@ if cuda is not None:
             _lerp_row_gpu(t, r, lo, hi, frac, out)
 
     @cuda.jit
-    def _lerp_backward_kernel(dout, lo, hi, frac, dt):
+    def _lerp_backward_kernel(dout, frac, spans, dt):
         r = cuda.grid(1)
         if r < dt.shape[0]:
-            _lerp_row_backward_gpu(dout, r, lo, hi, frac, dt)
+            _lerp_row_backward_gpu(dout, r, frac, spans, dt)
 
 
 _THREADS = 128
@@ -219,9 +224,9 @@ def _lerp_cuda(t, lo, hi, frac, out):
     _lerp_kernel[(out.shape[0] + _THREADS - 1) // _THREADS, _THREADS](t, lo, hi, frac, out)
 
 
-def _lerp_backward_cuda(dout, lo, hi, frac, dt):
+def _lerp_backward_cuda(dout, frac, spans, dt):
     """Launch the transposed width-pass kernel (device arrays, or NumPy under the simulator)."""
-    _lerp_backward_kernel[(dt.shape[0] + _THREADS - 1) // _THREADS, _THREADS](dout, lo, hi, frac, dt)
+    _lerp_backward_kernel[(dt.shape[0] + _THREADS - 1) // _THREADS, _THREADS](dout, frac, spans, dt)
 
 
 def _numba_forward(t, w, align_corners):
@@ -230,16 +235,20 @@ def _numba_forward(t, w, align_corners):
         raise RuntimeError("method='numba' on CuPy arrays needs numba-cuda (the 'gpu' extra); "
                            "install it or use method='matmul'")
     lo, hi, frac = interpolation_taps(w, t.shape[1], align_corners)
-    taps = (xp.asarray(lo), xp.asarray(hi), xp.asarray(frac.astype(t.dtype)))
+    columns = np.arange(t.shape[1])
+    spans = np.stack([np.searchsorted(lo, columns, "left"), np.searchsorted(lo, columns, "right"),
+                      np.searchsorted(hi, columns, "left"), np.searchsorted(hi, columns, "right")])
+    lo, hi, frac, spans = (xp.asarray(a) for a in (lo, hi, frac.astype(t.dtype), spans))
     out = xp.empty((t.shape[0], w), dtype=t.dtype)
-    (_lerp_cpu if xp is np else _lerp_cuda)(xp.ascontiguousarray(t), *taps, out)
-    return out, taps
+    (_lerp_cpu if xp is np else _lerp_cuda)(xp.ascontiguousarray(t), lo, hi, frac, out)
+    return out, (frac, spans)
 
 
-def _numba_backward(dout, taps, win):
+def _numba_backward(dout, width, win):
+    frac, spans = width
     xp = backend.array_module(dout)
     dt = xp.empty((dout.shape[0], win), dtype=dout.dtype)
-    (_lerp_backward_cpu if xp is np else _lerp_backward_cuda)(xp.ascontiguousarray(dout), *taps, dt)
+    (_lerp_backward_cpu if xp is np else _lerp_backward_cuda)(xp.ascontiguousarray(dout), frac, spans, dt)
     return dt
 
 

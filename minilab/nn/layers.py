@@ -96,8 +96,9 @@ class BatchNorm2d(Module):
       statistics move by ``momentum`` (PyTorch's convention, unbiased variance);
     - evaluation (``.eval()``): the running statistics;
     - ``frozen=True``: the running statistics in training too, and ``weight``/``bias``
-      receive no gradient — how DeepLab-v2 fine-tunes its ResNet (batches too small for
-      batch statistics).
+      receive no gradient and are marked ``trainable = False`` (so an optimiser skips
+      them, weight decay included) — how DeepLab-v2 fine-tunes its ResNet (§4.2: batches
+      too small for batch statistics).
 
     Buffers ``running_mean``, ``running_var``, ``num_batches_tracked`` are named as in
     torchvision so ImageNet statistics load directly.
@@ -110,13 +111,23 @@ class BatchNorm2d(Module):
         c = validate.integer("num_features", num_features, 1)
         self.eps = validate.positive("eps", eps)
         self.momentum = validate.positive("momentum", momentum)
-        self.frozen = bool(frozen)
         self.weight = Parameter(np.ones(c, dtype))
         self.bias = Parameter(np.zeros(c, dtype))
+        self.frozen = frozen
         self.running_mean = np.zeros(c, dtype)
         self.running_var = np.ones(c, dtype)
         self.num_batches_tracked = np.zeros((), np.int64)
         self._cache = None
+
+    @property
+    def frozen(self):
+        """Whether the layer uses running statistics always and leaves weight/bias alone."""
+        return self._frozen
+
+    @frozen.setter
+    def frozen(self, value):
+        self._frozen = bool(value)
+        self.weight.trainable = self.bias.trainable = not self._frozen
 
     @property
     def mode(self):
@@ -151,21 +162,24 @@ class ReLU(Module):
 
 
 class MaxPool2d(Module):
-    """Max pooling over ``kernel_size``² windows (stride, zero... padding with -inf).
+    """Max pooling over ``kernel_size``² windows (padding counts as -inf).
 
-    DeepLab's VGG-16 pools 3×3 with stride 2 and padding 1 in pool1-3 and stride 1 in
-    pool4-5 (so the output stride stays 8).
+    DeepLab's VGG-16 pools 3×3 with padding 1, stride 2 in pool1-3 and stride 1 in pool4-5
+    (so the output stride stays 8). ``ceil_mode=True`` is Caffe's output-size rule, the
+    default ``False`` PyTorch's; they agree when ``(H + 2p - k)`` is a multiple of the stride
+    (for example 321×321 inputs).
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0):
+    def __init__(self, kernel_size, stride=None, padding=0, *, ceil_mode=False):
         super().__init__()
         self.kernel_size = validate.integer("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else validate.integer("stride", stride, 1)
         self.padding = validate.integer("padding", padding, 0)
+        self.ceil_mode = bool(ceil_mode)
 
     def forward(self, x):
         out, self._cache = pool.max_pool2d_forward(
-            x, self.kernel_size, stride=self.stride, padding=self.padding)
+            x, self.kernel_size, stride=self.stride, padding=self.padding, ceil_mode=self.ceil_mode)
         return out
 
     def backward(self, dout):
@@ -176,20 +190,24 @@ class MaxPool2d(Module):
 
 
 class Dropout2d(Module):
-    """Dropout in training mode (kept units scaled by ``1 / (1 - p)``), identity in eval.
+    """Inverted dropout on N×C×H×W maps in training mode, the identity in evaluation.
 
-    DeepLab drops fc6 and fc7 outputs with p = 0.5.
+    Kept values are scaled by ``1 / (1 - p)``. DeepLab drops fc6 and fc7 outputs with
+    p = 0.5 element by element (Caffe's Dropout, the default here); ``channelwise=True``
+    drops whole maps as PyTorch's ``nn.Dropout2d`` does.
     """
 
-    def __init__(self, p=0.5, *, rng=None):
+    def __init__(self, p=0.5, *, channelwise=False, rng=None):
         super().__init__()
-        if not (isinstance(p, (int, float)) and 0 <= p < 1):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
             raise ValueError(f"p must be a probability in [0, 1), got {p!r}")
         self.p = float(p)
+        self.channelwise = bool(channelwise)
         self.rng = make_rng(rng)
 
     def forward(self, x):
-        out, self._cache = dropout.dropout_forward(x, self.p, rng=self.rng, training=self.training)
+        out, self._cache = dropout.dropout_forward(x, self.p, self.rng, training=self.training,
+                                                   channelwise=self.channelwise)
         return out
 
     def backward(self, dout):

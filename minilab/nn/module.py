@@ -33,11 +33,14 @@ class Parameter:
     grad : ndarray
         Same shape and dtype as ``data``; backward passes *add* into it and
         :meth:`Module.zero_grad` resets it.
+    trainable : bool
+        ``False`` for parameters an optimiser must leave alone (frozen batch norm).
     """
 
     def __init__(self, data):
         self.data = data
         self.grad = backend.array_module(data).zeros_like(data)
+        self.trainable = True
 
     @property
     def shape(self):
@@ -282,7 +285,7 @@ def save_weights(state, path):
     package and ``.pth``/``.pt`` needs torch.
     """
     path = Path(path)
-    arrays = OrderedDict((k, np.ascontiguousarray(backend.to_numpy(v))) for k, v in state.items())
+    arrays = OrderedDict((k, np.array(backend.to_numpy(v), order="C")) for k, v in state.items())
     suffix = _suffix(path)
     if suffix == ".npz":
         np.savez(path, **arrays)

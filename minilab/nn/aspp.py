@@ -59,6 +59,9 @@ class ASPP(Module):
     ``y = sum_b branch_b(x)``; backward sends ``dout`` to every branch and sums the input
     gradients, ``dx = sum_b dbranch_b/dx (dout)``.
 
+    Shapes: x (N, in_channels, H, W) → (N, num_classes, H, W); parameters
+    ``branches.<i>.fc6.weight`` and so on.
+
     Parameters
     ----------
     in_channels, num_classes : int
@@ -75,9 +78,6 @@ class ASPP(Module):
         Atrous convolution method for every layer.
     rng : numpy.random.Generator or int, optional
     dtype : float32 or float64
-
-    Shapes: x (N, in_channels, H, W) → (N, num_classes, H, W); parameters
-    ``branches.<i>.fc6.weight`` and so on.
     """
 
     def __init__(self, in_channels, num_classes, rates=ASPP_L, hidden=1024, *, kernel_size=3,

@@ -21,6 +21,9 @@ from .module import Module
 class DeepLab(Module):
     """``head(backbone(x))``: class scores at the backbone's output stride (8).
 
+    Shapes: x (N, 3, H, W) float → scores (N, classes, ⌈H/8⌉, ⌈W/8⌉); state-dict names
+    ``backbone.*`` and ``head.*``.
+
     Parameters
     ----------
     backbone : Module
@@ -28,9 +31,6 @@ class DeepLab(Module):
         :func:`~minilab.nn.backbones.resnet`.
     head : Module
         E.g. :class:`~minilab.nn.aspp.ASPP`.
-
-    Shapes: x (N, 3, H, W) float → scores (N, classes, ⌈H/8⌉, ⌈W/8⌉); state-dict names
-    ``backbone.*`` and ``head.*``.
     """
 
     def __init__(self, backbone, head):

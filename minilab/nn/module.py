@@ -217,12 +217,16 @@ class Module:
                 old[...] = new  # in place: shared copies see the same buffer
         return LoadResult(missing, unexpected)
 
+    def extra_repr(self):
+        """The layer's settings, shown inside its ``repr`` (none by default)."""
+        return ""
+
     def __repr__(self):
-        lines = [f"{type(self).__name__}("]
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
         for name, child in self.children():
             lines += [f"  ({name}): " + line if i == 0 else "  " + line
                       for i, line in enumerate(repr(child).splitlines())]
-        return "\n".join(lines) + ")" if len(lines) > 1 else f"{type(self).__name__}()"
+        return "\n".join(lines) + ")"
 
     # -- geometry -------------------------------------------------------------------------
     def receptive_field(self, rf=1, jump=1):

@@ -150,6 +150,7 @@ class _FakeGpuArray(np.ndarray):
 def test_mixed_numpy_and_gpu_arrays_are_refused(rng, monkeypatch):
     from minilab import backend
     monkeypatch.setattr(backend, "is_gpu_array", lambda a: isinstance(a, _FakeGpuArray))
+    monkeypatch.setattr(backend, "cupy", np)  # what array_module returns for a "GPU" array
     x, w = _inputs(rng)
     with pytest.raises(TypeError, match="w is a CuPy array but x is a NumPy array"):
         atrous_conv2d_forward(x, w.view(_FakeGpuArray))

@@ -1,7 +1,9 @@
 """Argument checks shared by the ops in this package (beside minilab.validate)."""
 import numbers
 
-from .. import validate
+import numpy as np
+
+from .. import backend, validate
 
 
 def upstream_gradient(dout, shape, dtype, name="dout"):
@@ -21,3 +23,12 @@ def unit_interval(name, value):
     if not 0 <= value <= 1:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
     return float(value)
+
+
+def label_array(name, labels):
+    """Check that ``labels`` is a NumPy or CuPy array of an integer dtype."""
+    if not (isinstance(labels, np.ndarray) or backend.is_gpu_array(labels)):
+        raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(labels).__name__}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
+    return labels

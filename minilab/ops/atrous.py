@@ -199,58 +199,107 @@ def _out_size(xpad_shape, w_shape, rate, stride):
     return tuple((xpad_shape[d] - (w_shape[d] - 1) * rate - 1) // stride + 1 for d in (2, 3))
 
 
-# ---- "sparse": im2col sampling the input at stride `rate`, then one GEMM ------------------
+# ---- "sparse": im2col sampling the input at stride `rate`, then GEMM ----------------------
+# The im2col matrix cols[(c, u, v), (n, i, j)] = xpad[n, c, stride*i + rate*u, stride*j + rate*v]
+# has C·kh·kw rows and N·Ho·Wo columns (the batch folded into the GEMM). It is built one block
+# of output rows (n, i) at a time into a reused buffer small enough to stay in the CPU's
+# cache, and rebuilt in the backward instead of being kept: the cache holds only xpad.
 
-def _im2col(xpad, kh, kw, rate, stride, ho, wo):
-    """cols[(c, u, v), (n, i, j)] = xpad[n, c, stride*i + rate*u, stride*j + rate*v].
-
-    Shape (C·kh·kw, N·Ho·Wo): the batch is folded into the GEMM's columns. Built with one
-    strided slice copy per tap.
-    """
-    n, c = xpad.shape[:2]
-    cols = backend.array_module(xpad).empty((c, kh, kw, n, ho, wo), xpad.dtype)
-    xt = xpad.transpose(1, 0, 2, 3)
-    for u in range(kh):
-        for v in range(kw):
-            cols[:, u, v] = xt[:, :, rate * u: rate * u + stride * (ho - 1) + 1: stride,
-                               rate * v: rate * v + stride * (wo - 1) + 1: stride]
-    return cols.reshape(c * kh * kw, n * ho * wo)
+_BLOCK_BYTES = {"cpu": 8 * 2**20, "gpu": 512 * 2**20}  # size of one im2col block
 
 
-def _col2im(dcols, xpad_shape, kh, kw, rate, stride, ho, wo):
-    """The adjoint of :func:`_im2col`: add every column entry back where it was read from."""
-    n, c = xpad_shape[:2]
-    xp = backend.array_module(dcols)
-    dxpad = xp.zeros(xpad_shape, dcols.dtype)
-    dt = dxpad.transpose(1, 0, 2, 3)
-    dcols = dcols.reshape(c, kh, kw, n, ho, wo)
-    for u in range(kh):
-        for v in range(kw):
-            dt[:, :, rate * u: rate * u + stride * (ho - 1) + 1: stride,
-               rate * v: rate * v + stride * (wo - 1) + 1: stride] += dcols[:, u, v]
-    return dxpad
+def _blocks(xpad, k_rows, ho, wo):
+    """Split the N·Ho output rows (n, i) into blocks whose im2col fits in ``_BLOCK_BYTES``."""
+    rows = xpad.shape[0] * ho
+    budget = _BLOCK_BYTES["gpu" if backend.is_gpu_array(xpad) else "cpu"]
+    count = -(-rows // max(1, budget // (k_rows * wo * xpad.itemsize)))
+    step = -(-rows // count)
+    return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)], step
+
+
+def _im2col(xpad, kh, kw, rate, stride, ho, wo, r0, r1, buf):
+    """cols[(c, u, v), (t, j)] = xpad[n, c, stride*i + rate*u, stride*j + rate*v] with
+    n·Ho + i = r0 + t, for the output rows r0 <= n·Ho + i < r1; a view of ``buf`` of shape
+    (C·kh·kw, (r1 - r0)·Wo). A parallel Numba gather on the CPU, its CUDA twin on the GPU."""
+    k_rows = xpad.shape[1] * kh * kw
+    cols = buf[:k_rows * (r1 - r0) * wo].reshape(k_rows, r1 - r0, wo)
+    (_im2col_cpu if isinstance(xpad, np.ndarray) else _im2col_cuda)(xpad, kh, kw, rate, stride, ho, r0, cols)
+    return cols.reshape(k_rows, (r1 - r0) * wo)
+
+
+def _col2im(dcols, kh, kw, rate, stride, ho, wo, r0, r1, dxpad):
+    """The adjoint of :func:`_im2col`: add each entry of the block ``dcols`` into ``dxpad``
+    where it was read from."""
+    dcols = dcols.reshape(-1, r1 - r0, wo)
+    (_col2im_cpu if isinstance(dcols, np.ndarray) else _col2im_cuda)(dcols, kh, kw, rate, stride, ho, r0, dxpad)
+
+
+@njit(parallel=True, cache=True)
+def _im2col_cpu(xpad, kh, kw, rate, stride, ho, r0, cols):
+    for row in prange(cols.shape[0]):  # row = (c, u, v)
+        c, u, v = row // (kh * kw), row // kw % kh, row % kw
+        for t in range(cols.shape[1]):
+            n, i = (r0 + t) // ho, (r0 + t) % ho
+            src, dst = xpad[n, c, stride * i + rate * u], cols[row, t]
+            if stride == 1:  # a contiguous copy, which the compiler vectorises
+                dst[:] = src[rate * v: rate * v + dst.size]
+            else:
+                for j in range(dst.size):
+                    dst[j] = src[stride * j + rate * v]
+
+
+@njit(parallel=True, cache=True)
+def _col2im_cpu(dcols, kh, kw, rate, stride, ho, r0, dxpad):
+    for c in prange(dxpad.shape[1]):  # one thread owns channel c: a scatter without races
+        for u in range(kh):
+            for v in range(kw):
+                row = (c * kh + u) * kw + v
+                for t in range(dcols.shape[1]):
+                    n, i = (r0 + t) // ho, (r0 + t) % ho
+                    src, dst = dcols[row, t], dxpad[n, c, stride * i + rate * u]
+                    if stride == 1:
+                        dst[rate * v: rate * v + src.size] += src
+                    else:
+                        for j in range(src.size):
+                            dst[stride * j + rate * v] += src[j]
 
 
 def _sparse_forward(xpad, w, rate, stride):
-    """y = W (F × C·kh·kw) @ cols (C·kh·kw × N·Ho·Wo), reshaped to N×F×Ho×Wo."""
+    """y[:, block] = W (F × C·kh·kw) @ cols[:, block] for each block; y reshaped to N×F×Ho×Wo."""
     xp = backend.array_module(xpad)
-    f, _, kh, kw = w.shape
+    f, c, kh, kw = w.shape
+    n = xpad.shape[0]
     ho, wo = _out_size(xpad.shape, w.shape, rate, stride)
-    cols = _im2col(xpad, kh, kw, rate, stride, ho, wo)
-    y = (w.reshape(f, -1) @ cols).reshape(f, xpad.shape[0], ho, wo)
-    return xp.ascontiguousarray(y.transpose(1, 0, 2, 3)), (cols, w, xpad.shape, rate, stride)
+    w2 = w.reshape(f, c * kh * kw)
+    y = xp.empty((f, n * ho * wo), xpad.dtype)
+    blocks, step = _blocks(xpad, c * kh * kw, ho, wo)
+    buf = xp.empty(c * kh * kw * step * wo, xpad.dtype)
+    for r0, r1 in blocks:
+        cols = _im2col(xpad, kh, kw, rate, stride, ho, wo, r0, r1, buf)
+        xp.matmul(w2, cols, out=y[:, r0 * wo:r1 * wo])
+    y = y.reshape(f, n, ho, wo).transpose(1, 0, 2, 3)
+    return xp.ascontiguousarray(y), (xpad, w, rate, stride)
 
 
 def _sparse_backward(dy, ctx):
-    """dW = dY @ colsᵀ, dcols = Wᵀ @ dY, dxpad = col2im(dcols)."""
-    cols, w, xpad_shape, rate, stride = ctx
+    """Per block: dW += dY @ colsᵀ, dcols = Wᵀ @ dY, dxpad += col2im(dcols)."""
+    xpad, w, rate, stride = ctx
     xp = backend.array_module(dy)
-    f, _, kh, kw = w.shape
+    f, c, kh, kw = w.shape
     ho, wo = dy.shape[2:]
+    w2 = w.reshape(f, c * kh * kw)
     dy2 = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(f, -1)
-    dw = (dy2 @ cols.T).reshape(w.shape)
-    dcols = w.reshape(f, -1).T @ dy2
-    return _col2im(dcols, xpad_shape, kh, kw, rate, stride, ho, wo), dw
+    dw2 = xp.zeros_like(w2)
+    dxpad = xp.zeros_like(xpad)
+    blocks, step = _blocks(xpad, c * kh * kw, ho, wo)
+    buf, dbuf = (xp.empty(c * kh * kw * step * wo, xpad.dtype) for _ in range(2))
+    for r0, r1 in blocks:
+        cols = _im2col(xpad, kh, kw, rate, stride, ho, wo, r0, r1, buf)
+        dyb = dy2[:, r0 * wo:r1 * wo]
+        dw2 += dyb @ cols.T
+        dcols = xp.matmul(w2.T, dyb, out=dbuf[:cols.size].reshape(cols.shape))
+        _col2im(dcols, kh, kw, rate, stride, ho, wo, r0, r1, dxpad)
+    return dxpad, dw2.reshape(w.shape)
 
 
 # ---- "zeros": the filter upsampled with rate - 1 zeros between taps, ordinary convolution --
@@ -386,6 +435,34 @@ if cuda is not None:
     _unravel_gpu = cuda.jit(device=True)(_unravel)
 
     @cuda.jit
+    def _im2col_kernel(xpad, kh, kw, rate, stride, ho, r0, cols):
+        e = cuda.grid(1)
+        if e < cols.size:
+            row, t, j = e // (cols.shape[1] * cols.shape[2]), e // cols.shape[2] % cols.shape[1], e % cols.shape[2]
+            c, u, v = row // (kh * kw), row // kw % kh, row % kw
+            n, i = (r0 + t) // ho, (r0 + t) % ho
+            cols[row, t, j] = xpad[n, c, stride * i + rate * u, stride * j + rate * v]
+
+    @cuda.jit
+    def _col2im_kernel(dcols, kh, kw, rate, stride, ho, r0, dxpad):
+        # the same sums as _col2im_cpu, gathered per element of dxpad so no atomics are needed
+        e = cuda.grid(1)
+        if e < dxpad.size:
+            n, c, p, q = _unravel_gpu(e, dxpad.shape)
+            acc = 0.0
+            for u in range(kh):
+                di = p - rate * u
+                t = n * ho + di // stride - r0
+                if di < 0 or di % stride != 0 or di // stride >= ho or t < 0 or t >= dcols.shape[1]:
+                    continue
+                for v in range(kw):
+                    dj = q - rate * v
+                    if dj < 0 or dj % stride != 0 or dj // stride >= dcols.shape[2]:
+                        continue
+                    acc += dcols[(c * kh + u) * kw + v, t, dj // stride]
+            dxpad[n, c, p, q] += acc
+
+    @cuda.jit
     def _forward_kernel(xpad, w, rate, stride, y):
         t = cuda.grid(1)
         if t < y.size:
@@ -410,15 +487,28 @@ if cuda is not None:
 _THREADS = 128
 
 
+def _launch(kernel, size):
+    """``kernel`` configured with one thread per element of an array of ``size`` elements."""
+    return kernel[(size + _THREADS - 1) // _THREADS, _THREADS]
+
+
+def _im2col_cuda(xpad, kh, kw, rate, stride, ho, r0, cols):
+    _launch(_im2col_kernel, cols.size)(xpad, kh, kw, rate, stride, ho, r0, cols)
+
+
+def _col2im_cuda(dcols, kh, kw, rate, stride, ho, r0, dxpad):
+    _launch(_col2im_kernel, dxpad.size)(dcols, kh, kw, rate, stride, ho, r0, dxpad)
+
+
 def _direct_forward_cuda(xpad, w, rate, stride, y):
     """Launch the forward kernel (device arrays; NumPy arrays under the CUDA simulator)."""
-    _forward_kernel[(y.size + _THREADS - 1) // _THREADS, _THREADS](xpad, w, rate, stride, y)
+    _launch(_forward_kernel, y.size)(xpad, w, rate, stride, y)
 
 
 def _direct_backward_cuda(xpad, w, dy, rate, stride, dxpad, dw):
     """Launch the dx and dw kernels."""
-    _dx_kernel[(dxpad.size + _THREADS - 1) // _THREADS, _THREADS](dy, w, rate, stride, dxpad)
-    _dw_kernel[(dw.size + _THREADS - 1) // _THREADS, _THREADS](xpad, dy, rate, stride, dw)
+    _launch(_dx_kernel, dxpad.size)(dy, w, rate, stride, dxpad)
+    _launch(_dw_kernel, dw.size)(xpad, dy, rate, stride, dw)
 
 
 def _direct_forward(xpad, w, rate, stride):

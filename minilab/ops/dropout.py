@@ -36,7 +36,7 @@ def dropout_forward(x, p, rng, *, training=True, channelwise=False):
 
     Returns
     -------
-    out : ndarray, like ``x``
+    out : ndarray, like ``x``; ``x`` itself (not a copy) when not training or ``p = 0``
     cache : the scaled mask ``keep / (1 - p)`` (broadcastable to ``x``), or ``None`` in eval
     """
     validate.float_array("x", x)
@@ -49,8 +49,8 @@ def dropout_forward(x, p, rng, *, training=True, channelwise=False):
     gpu = backend.is_gpu_array(x)
     expected = backend.cupy.random.Generator if gpu else np.random.Generator
     if not isinstance(rng, expected):
-        raise TypeError(f"rng must be a {expected.__module__}.{expected.__name__} for "
-                        f"{'CuPy' if gpu else 'NumPy'} arrays, got {type(rng).__name__}")
+        kind = "cupy.random.Generator for CuPy" if gpu else "numpy.random.Generator for NumPy"
+        raise TypeError(f"rng must be a {kind} arrays (e.g. default_rng(seed)), got {type(rng).__name__}")
     if not training or p == 0:
         return x, (None, x.shape, x.dtype)
     shape = x.shape[:2] + (1,) * (x.ndim - 2) if channelwise else x.shape

@@ -3,7 +3,7 @@
 DeepLab computes its score map at output stride 8 and brings it back to the image size by
 bilinear interpolation (§3.1, Fig. 5): the map is smooth, so ×8 bilinear upsampling loses
 almost nothing and costs nothing to learn. During training the ground truth is subsampled
-by 8 instead (§4.1), so that the loss is computed on the stride-8 grid.
+by 8 instead (§4), so that the loss is computed on the stride-8 grid.
 
 Bilinear interpolation is separable: along one axis, output sample ``i`` reads the input at
 the real-valued source coordinate ``s_i`` and mixes its two neighbours,
@@ -22,11 +22,17 @@ pass is the transpose, ``dX = A_h^T dY A_w``. The two corner conventions differ 
 * ``align_corners=False`` (PyTorch's default, half-pixel centres): the outer edges of the
   images coincide, ``s_i = (i + 1/2) n_in / n_out - 1/2``, clamped below at 0 (as PyTorch
   does); beyond the last centre the last pixel is repeated.
+
+Both coincide with ``scipy.ndimage.zoom(x, zoom, order=1)`` for every size:
+``align_corners=True`` with ``grid_mode=False``, and ``align_corners=False`` with
+``grid_mode=True, mode="nearest"`` (or ``"reflect"``: half a pixel beyond the edge both
+repeat the edge pixel, which is exactly the clamping); ``"mirror"``, ``"wrap"`` and the
+constant modes differ at the borders when upsampling.
 """
 import numpy as np
 
 from .. import backend, validate
-from ._checks import upstream_gradient
+from ._checks import label_array, upstream_gradient
 
 
 def interpolation_matrix(n_out, n_in, align_corners, dtype=np.float64):
@@ -81,8 +87,8 @@ def bilinear_resize_forward(x, size, *, align_corners):
     n, c, hin, win = x.shape
     a_h = xp.asarray(interpolation_matrix(h, hin, align_corners, x.dtype))
     a_w = xp.asarray(interpolation_matrix(w, win, align_corners, x.dtype))
-    # Height first (N*C small products), then width as one large GEMM over all N*C*h rows.
-    t = xp.matmul(a_h, x.reshape(n * c, hin, win))
+    # Height first on the small input, then width as one large GEMM over all N*C*h rows.
+    t = _left_multiply(a_h, x.reshape(n * c, hin, win))
     out = (t.reshape(n * c * h, win) @ a_w.T).reshape(n, c, h, w)
     return out, (a_h, a_w, x.shape)
 
@@ -103,9 +109,19 @@ def bilinear_resize_backward(dout, cache):
     n, c, hin, win = in_shape
     h, w = a_h.shape[0], a_w.shape[0]
     upstream_gradient(dout, (n, c, h, w), a_h.dtype)
-    xp = backend.array_module(dout, a_h)
+    backend.array_module(dout, a_h)  # both on one device
     t = (dout.reshape(n * c * h, w) @ a_w).reshape(n * c, h, win)
-    return xp.matmul(a_h.T, t).reshape(in_shape)
+    return _left_multiply(a_h.T, t).reshape(in_shape)
+
+
+def _left_multiply(a, t):
+    """``a @ t[k]`` for every ``k`` of a ``B×R×C`` stack, as one GEMM ``a @ (R × B·C)``.
+
+    One large product instead of ``B`` small ones: BLAS threads pay their start-up once.
+    """
+    b, r, c = t.shape
+    out = a @ t.transpose(1, 0, 2).reshape(r, b * c)
+    return out.reshape(a.shape[0], b, c).transpose(1, 0, 2)
 
 
 def downsample_labels(labels, factor=None, *, size=None):
@@ -133,12 +149,9 @@ def downsample_labels(labels, factor=None, *, size=None):
     -------
     ndarray of the same dtype, shape (..., h, w); a copy.
     """
-    if not (isinstance(labels, np.ndarray) or backend.is_gpu_array(labels)):
-        raise TypeError(f"labels must be a NumPy or CuPy array, got {type(labels).__name__}")
+    label_array("labels", labels)
     if labels.ndim < 2:
         raise ValueError(f"labels must have at least 2 dimensions (..., H, W), got shape {tuple(labels.shape)}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     if (factor is None) == (size is None):
         raise ValueError("give exactly one of factor and size")
     if factor is not None:

@@ -17,7 +17,7 @@ so a crop that happens to contain only unlabelled pixels does not stop training.
 import numpy as np
 
 from .. import backend, validate
-from ._checks import upstream_gradient
+from ._checks import label_array, upstream_gradient
 from .activations import log_softmax_forward
 
 
@@ -39,10 +39,7 @@ def softmax_cross_entropy_forward(logits, labels, ignore_index=255):
     cache : tuple, for :func:`softmax_cross_entropy_backward`
     """
     validate.float_array("logits", logits, ndim=4)
-    if not (isinstance(labels, np.ndarray) or backend.is_gpu_array(labels)):
-        raise TypeError(f"labels must be a NumPy or CuPy array, got {type(labels).__name__}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
+    label_array("labels", labels)
     n, c, h, w = logits.shape
     if tuple(labels.shape) != (n, h, w):
         raise ValueError(f"labels must have shape (N, h, w) = {(n, h, w)} to match logits "
@@ -59,8 +56,8 @@ def softmax_cross_entropy_forward(logits, labels, ignore_index=255):
     picked = xp.take_along_axis(logp, target[:, None], axis=1)[:, 0]
     count = int(valid.sum())
     total = -xp.where(valid, picked, 0).sum()
-    loss = total / count if count else xp.zeros((), dtype=logits.dtype)
-    return loss.astype(logits.dtype), (logp, target, valid, count)
+    loss = xp.asarray(total / count if count else 0, dtype=logits.dtype)
+    return loss, (logp, target, valid, count)
 
 
 def softmax_cross_entropy_backward(dout, cache):

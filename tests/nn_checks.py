@@ -1,6 +1,7 @@
 """Helpers for the nn tests: gradient checks of layers and models on sampled entries."""
 import contextlib
 
+import numba
 import numpy as np
 
 from minilab.gradcheck import numerical_gradient
@@ -46,8 +47,13 @@ def check_module(module, x, rng, samples=None, tol=1e-6, reset=lambda: None):
         reset()
         return module.forward(x)
 
-    with threadpool_limits(1, "blas") if threadpool_limits else contextlib.nullcontext():
-        return _check(module, x, rng, samples, tol, f)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # the same for Numba's parallel loops on tiny arrays
+    try:
+        with threadpool_limits(1, "blas") if threadpool_limits else contextlib.nullcontext():
+            return _check(module, x, rng, samples, tol, f)
+    finally:
+        numba.set_num_threads(threads)
 
 
 def _check(module, x, rng, samples, tol, f):

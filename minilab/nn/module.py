@@ -192,7 +192,7 @@ class Module:
         KeyError
             ``strict`` and a key is missing or unexpected; the message lists them.
         ValueError
-            A key whose array has the wrong shape (always an error).
+            A key whose array has the wrong shape, or holds NaN or infinity (always an error).
         """
         own = OrderedDict(self._named_state())
         missing = [k for k in own if k not in state]
@@ -204,6 +204,9 @@ class Module:
                  for k in own if k in state and tuple(np.shape(state[k])) != tuple(own[k].shape)]
         if wrong:
             raise ValueError("state_dict has arrays of the wrong shape: " + "; ".join(wrong))
+        bad = [k for k in own if k in state and not bool(backend.array_module(state[k]).isfinite(state[k]).all())]
+        if bad:
+            raise ValueError(f"state_dict has NaN or infinity in {bad}")
         for key, value in own.items():
             if key not in state:
                 continue
@@ -211,7 +214,7 @@ class Module:
             xp = backend.array_module(old)
             new = xp.asarray(backend.to_numpy(state[key]) if xp is np else state[key]).astype(old.dtype)
             if isinstance(value, Parameter):
-                value.data = new.copy()
+                value.data = new  # astype made a copy: the caller's array stays theirs
                 value.grad = xp.zeros_like(value.data)
             else:
                 old[...] = new  # in place: shared copies see the same buffer

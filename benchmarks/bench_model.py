@@ -9,6 +9,7 @@ Targets (issue): whole-model forward+backward within 1.5× of the torch twin on 
 (2× on a GPU); bilinear ×8 within 1.2× of ``torch.nn.functional.interpolate``.
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -89,10 +90,11 @@ def main():
     }, repeat=4 * args.repeat, sync=sync)
     rows.append({"case": "bilinear x8, 1x21x65x65 -> 513x513 (align_corners=True)",
                  "minilab ms": t["ours"], "torch ms": t["torch"], "ratio": t["ours"] / t["torch"]})
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     write_results(f"bench_model_{device}", rows, notes=(
         f"float32, batch 1, training mode (batch statistics, dropout 0.5); median of {args.repeat} "
         f"interleaved runs; torch {torch.__version__} with {torch.get_num_threads()} threads; "
-        "ratio = minilab / torch (lower is better)."))
+        f"load average at the end {load}; ratio = minilab / torch (lower is better)."))
 
 
 if __name__ == "__main__":

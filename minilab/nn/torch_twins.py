@@ -134,6 +134,8 @@ def twin_of(model):
                 n = 0
         tbb = VGG(channels, depth)
     else:
+        if bb.receptive_field()[1] != 8:
+            raise ValueError("twin_of builds ResNets of output stride 8 only")
         blocks = tuple(len(getattr(bb, f"layer{i}")) for i in range(1, 5))
         tbb = ResNet(blocks, bb.conv1.weight.shape[0])
     p = first.drop6.p if hasattr(first, "drop6") else 0.0

@@ -1,37 +1,12 @@
 """Dense CRF implementations against each other: the lattice against the exact filter (its
 approximation error, measured and pinned), the CUDA kernels against the CPU ones (under the
 CUDA simulator), CuPy against NumPy (on a GPU)."""
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
+from crf_helpers import coarse_probs, photo
 
 from minilab import backend, crf
 from minilab.crf import lattice
-
-PHOTOS = Path(crf.__file__).parents[1] / "data" / "voc_sample"
-
-
-def photo(name, size):
-    """A sample photo and its labels resized to ``size`` (W, H)."""
-    image = Image.open(PHOTOS / f"{name}.png").convert("RGB").resize(size, Image.BILINEAR)
-    label = Image.open(PHOTOS / f"{name}_label.png").resize(size, Image.NEAREST)
-    return np.array(image), np.array(label)
-
-
-def noisy_probs(label, c, rng, factor=4):
-    """One-hot ground truth, pooled by ``factor``, noise added, upsampled (nearest)."""
-    h, w = label.shape
-    onehot = (np.arange(c)[:, None, None] == np.minimum(label, c - 1)[None]).astype(np.float64)
-    hh, ww = -(-h // factor), -(-w // factor)
-    padded = np.zeros((c, hh * factor, ww * factor))
-    padded[:, :h, :w] = onehot
-    logits = 4 * padded.reshape(c, hh, factor, ww, factor).mean((2, 4)) + rng.normal(0, 1.0, (c, hh, ww))
-    logits = np.kron(logits, np.ones((factor, factor)))[:, :h, :w]
-    p = np.exp(logits - logits.max(0))
-    return (p / p.sum(0)).astype(np.float32)
-
 
 # Lattice against the exact filter on 48×36 photos (σα scaled with the image). Measured on
 # these cases: the normalised filter (K v / K 1) is off by 0.002-0.023 on average (0.31 at
@@ -42,7 +17,7 @@ CASES = [("2007_000033", 4.0, 10.0, 13.0), ("2007_000129", 5.0, 6.0, 3.0), ("200
 
 @pytest.mark.parametrize("name, w1, sa, sb", CASES)
 def test_lattice_filter_against_exact(name, w1, sa, sb):
-    image, _ = photo(name, (48, 36))
+    image, _ = photo(name, size=(48, 36))
     rng = np.random.default_rng(0)
     for f in (crf.bilateral_features(image, sa, sb), crf.spatial_features((36, 48), 3.0)):
         v = rng.random((f.shape[0], 3)).astype(np.float32)
@@ -56,8 +31,8 @@ def test_lattice_filter_against_exact(name, w1, sa, sb):
 @pytest.mark.parametrize("name, w1, sa, sb", CASES)
 @pytest.mark.parametrize("normalization", ["symmetric", "after"])
 def test_lattice_crf_against_exact(name, w1, sa, sb, normalization):
-    image, label = photo(name, (48, 36))
-    probs = noisy_probs(label, 21, np.random.default_rng(1))
+    image, label = photo(name, size=(48, 36))
+    probs = coarse_probs(label, 21, np.random.default_rng(1), factor=4, gain=4.0)
     args = dict(w1=w1, sigma_alpha=sa, sigma_beta=sb, normalization=normalization)
     q_lat = crf.dense_crf(image, probs, **args)
     q_exact = crf.dense_crf(image, probs, method="naive", **args)
@@ -79,7 +54,7 @@ def test_exact_filter_chunks_agree(monkeypatch):
 @pytest.mark.cudasim
 @pytest.mark.parametrize("sa, sb", [(4.0, 13.0), (2.0, 3.0)])
 def test_cuda_lattice_kernels_match_cpu(sa, sb):
-    image, _ = photo("2007_000129", (16, 12))
+    image, _ = photo("2007_000129", size=(16, 12))
     f = crf.bilateral_features(image, sa, sb)
     cpu = crf.LatticeFilter(f)
     gpu = crf.LatticeFilter(f, kernels="cuda")
@@ -104,8 +79,8 @@ def test_cuda_softmax_matches_cpu():
 @pytest.mark.gpu
 @pytest.mark.parametrize("method", sorted(crf.METHODS))
 def test_gpu_dense_crf_matches_cpu(method):
-    image, label = photo("2007_000346", (48, 36) if method == "naive" else (250, 187))
-    probs = noisy_probs(label, 21, np.random.default_rng(6))
+    image, label = photo("2007_000346", size=(48, 36) if method == "naive" else (250, 187))
+    probs = coarse_probs(label, 21, np.random.default_rng(6), factor=4, gain=4.0)
     args = dict(w1=5, sigma_alpha=50, sigma_beta=3, method=method)
     q_cpu = crf.dense_crf(image, probs, **args)
     q_gpu = crf.dense_crf(image, probs, device="gpu", **args)

@@ -3,40 +3,15 @@
 Skipped where pydensecrf (the ``pydensecrf2`` package) is not installed. Unaries: coarse
 noisy score maps made from the ground truth (as a DCNN would give) and smooth random ones.
 """
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
+from crf_helpers import coarse_probs, photo
 
 from minilab import crf
 
 dcrf = pytest.importorskip("pydensecrf.densecrf")
 
-PHOTOS = Path(crf.__file__).parents[1] / "data" / "voc_sample"
 SETTINGS = [(4.0, 80.0, 13.0), (5.0, 50.0, 3.0)]  # (w1, σα, σβ): pydensecrf's example, DeepLab's
-
-
-def load(name, shrink=1):
-    image = Image.open(PHOTOS / f"{name}.png").convert("RGB")
-    label = Image.open(PHOTOS / f"{name}_label.png")
-    if shrink > 1:
-        size = (image.width // shrink, image.height // shrink)
-        image, label = image.resize(size, Image.BILINEAR), label.resize(size, Image.NEAREST)
-    return np.array(image), np.array(label)
-
-
-def coarse_probs(label, c, rng, factor=8):
-    """Ground truth one-hot, average-pooled by ``factor``, noise added, upsampled (nearest)."""
-    h, w = label.shape
-    onehot = (np.arange(c)[:, None, None] == label[None]).astype(np.float64)
-    hh, ww = -(-h // factor), -(-w // factor)
-    padded = np.zeros((c, hh * factor, ww * factor))
-    padded[:, :h, :w] = onehot
-    logits = 3 * padded.reshape(c, hh, factor, ww, factor).mean((2, 4)) + rng.normal(0, 1.0, (c, hh, ww))
-    logits = np.kron(logits, np.ones((factor, factor)))[:, :h, :w]
-    p = np.exp(logits - logits.max(0))
-    return (p / p.sum(0)).astype(np.float32)
 
 
 def smooth_random_probs(c, h, w, rng):
@@ -66,7 +41,7 @@ def assert_agrees(q, q_ref):
 @pytest.mark.parametrize("w1, sa, sb", SETTINGS)
 def test_agrees_with_pydensecrf_on_voc_photos(name, w1, sa, sb):
     rng = np.random.default_rng(7)
-    image, label = load(name, shrink=3)
+    image, label = photo(name, shrink=3)
     for probs in (coarse_probs(label, 21, rng), smooth_random_probs(21, *label.shape, rng)):
         q = crf.dense_crf(image, probs, w1=w1, sigma_alpha=sa, sigma_beta=sb)
         assert_agrees(q, reference(image, probs, w1, sa, sb))
@@ -74,7 +49,7 @@ def test_agrees_with_pydensecrf_on_voc_photos(name, w1, sa, sb):
 
 def test_normalize_after_agrees_with_pydensecrf():
     rng = np.random.default_rng(8)
-    image, label = load("2007_000033", shrink=3)
+    image, label = photo("2007_000033", shrink=3)
     probs = coarse_probs(label, 21, rng)
     q = crf.dense_crf(image, probs, w1=5, sigma_alpha=50, sigma_beta=3, normalization="after")
     assert_agrees(q, reference(image, probs, 5, 50, 3, normalization=dcrf.NORMALIZE_AFTER))
@@ -82,8 +57,8 @@ def test_normalize_after_agrees_with_pydensecrf():
 
 def test_iterations_agree_one_by_one():
     rng = np.random.default_rng(9)
-    image, label = load("2007_000847", shrink=4)
-    probs = coarse_probs(label, 5, rng) if label.max() < 5 else smooth_random_probs(5, *label.shape, rng)
+    image, label = photo("2007_000847", shrink=4)
+    probs = coarse_probs(label, 5, rng)
     for iterations in (0, 1, 3):
         q = crf.dense_crf(image, probs, iterations=iterations, w1=4, sigma_alpha=20, sigma_beta=10)
         np.testing.assert_allclose(q, reference(image, probs, 4, 20, 10, iterations=iterations), atol=2e-5)
@@ -92,7 +67,7 @@ def test_iterations_agree_one_by_one():
 @pytest.mark.slow
 def test_agrees_with_pydensecrf_at_full_size():
     rng = np.random.default_rng(10)
-    image, label = load("2007_001288")
+    image, label = photo("2007_001288")
     probs = coarse_probs(label, 21, rng)
     w1, sa, sb = SETTINGS[1]  # DeepLab's: the larger lattice
     assert_agrees(crf.dense_crf(image, probs, w1=w1, sigma_alpha=sa, sigma_beta=sb),

@@ -32,3 +32,15 @@ def coarse_probs(label, c, rng, factor=8, gain=3.0):
     logits = np.kron(logits, np.ones((factor, factor)))[:, :h, :w]
     p = np.exp(logits - logits.max(0))
     return (p / p.sum(0)).astype(np.float32)
+
+
+def assert_same_lattice(offsets_a, neighbours_a, offsets_b, neighbours_b):
+    """Two lattices are the same up to the numbering of their vertices: map a's numbers to
+    b's through the point-vertex table, then the blur neighbours must match."""
+    m = neighbours_b.shape[1]
+    assert neighbours_a.shape == neighbours_b.shape
+    to_b = np.full(m, -1, np.int64)
+    to_b[np.asarray(offsets_a).ravel()] = np.asarray(offsets_b).ravel()
+    assert (to_b >= 0).all()
+    mapped = np.where(neighbours_a == m, m, to_b[np.minimum(neighbours_a, m - 1)])
+    np.testing.assert_array_equal(mapped[:, np.argsort(to_b), :], neighbours_b)

@@ -18,17 +18,18 @@ every mean-field iteration; steps 2-4 filter all C label maps at once, values st
 vertices × C contiguous. The arithmetic follows the reference C++ code (Krähenbühl's
 ``permutohedral.cpp``, SSE branch) in float32 step by step, so the two agree to rounding.
 
-Two builds give the same lattice (vertex numbering aside):
+Vertex numbering is sort-based and shared by the CPU and the GPU: each vertex key becomes one
+int64 code, ``unique(return_inverse=True)`` numbers the vertices, and the blur neighbours are
+found by code arithmetic (a linear merge on the CPU, ``searchsorted`` on the GPU). Lattices
+too wide for 64-bit codes fall back, on the CPU, to an open-addressing hash table (the
+reference's approach); tests check that both give the same lattice.
 
-* CPU (Numba): embed in parallel, then a serial open-addressing hash table gives each
-  vertex key a number and the blur neighbours are looked up in it in parallel;
-* GPU (Numba CUDA + CuPy, also runnable under the CUDA simulator with NumPy arrays):
-  embed with the CUDA twin, encode each vertex key as one int64, number the vertices with
-  ``unique(return_inverse=True)`` and find blur neighbours with ``searchsorted``.
-
-Splat is written as a gather (each vertex sums its points, found through a counting sort of
-the point-to-vertex table), so it is deterministic and parallel without atomics, and each
-vertex sums its points in the same order as the sequential reference.
+The per-point and per-vertex bodies below are plain Python functions compiled twice, by
+``njit`` for the CPU kernels and by ``cuda.jit(device=True)`` for their CUDA twins, so both
+run the same index arithmetic. The one exception is the splat: the CPU scatters in point
+order (one block of points per thread, each with its own buffer, summed at the end), the GPU
+gathers per vertex through a counting sort of the point-to-vertex table (one thread per
+vertex and channel, deterministic, no atomics).
 """
 import math
 
@@ -202,17 +203,63 @@ def _codes_cpu(rem0, rank, low, strides, codes):
 
 
 @njit(cache=True)
-def _merge_lookup(unique, shift, out):
-    """out[v] = index of ``unique[v] + shift`` in the sorted ``unique``, or M when absent.
+def _unique_codes_cpu(codes):
+    """Number the distinct int64 ``codes`` in order of first appearance (as the reference's
+    hash table does: vertices of neighbouring pixels get nearby numbers, which keeps splat and
+    slice in cache) with an open-addressing table doubled when half full.
 
-    The wanted codes rise with v, so one pass merges the two sorted sequences: O(M)."""
+    Returns ids (N,) int32 (each code's number), the distinct codes sorted (M,) int64 and
+    order (M,) int64 (the number of the k-th smallest code)."""
+    n = codes.shape[0]
+    capacity = 1 << 16
+    slot_code = np.empty(capacity, dtype=np.int64)
+    slot_id = np.full(capacity, -1, dtype=np.int32)
+    first = np.empty(n, dtype=np.int64)  # distinct codes in order of appearance
+    ids = np.empty(n, dtype=np.int32)
+    m = 0
+    for e in range(n):
+        code = codes[e]
+        mask = capacity - 1
+        h = (code * -7046029254386353131) >> 17  # a multiplicative hash, high bits
+        slot = h & mask
+        while slot_id[slot] != -1 and slot_code[slot] != code:
+            slot = (slot + 1) & mask
+        if slot_id[slot] == -1:
+            slot_id[slot] = m
+            slot_code[slot] = code
+            first[m] = code
+            m += 1
+            if 2 * m >= capacity:  # grow: reinsert the distinct codes so far
+                capacity *= 2
+                mask = capacity - 1
+                slot_code = np.empty(capacity, dtype=np.int64)
+                slot_id = np.full(capacity, -1, dtype=np.int32)
+                for k in range(m):
+                    s = ((first[k] * -7046029254386353131) >> 17) & mask
+                    while slot_id[s] != -1:
+                        s = (s + 1) & mask
+                    slot_id[s] = k
+                    slot_code[s] = first[k]
+            ids[e] = m - 1
+        else:
+            ids[e] = slot_id[slot]
+    order = np.argsort(first[:m])
+    return ids, first[:m][order], order
+
+
+@njit(cache=True)
+def _merge_lookup(unique, order, shift, out):
+    """out[order[v]] = order[k] where ``unique[k] == unique[v] + shift``, or M when absent.
+
+    ``unique`` is sorted, so the wanted codes rise with v and one pass merging the two sorted
+    sequences finds them all: O(M). ``order`` maps sorted positions to vertex numbers."""
     m = unique.shape[0]
     k = 0
     for v in range(m):
         wanted = unique[v] + shift
         while k < m and unique[k] < wanted:
             k += 1
-        out[v] = k if k < m and unique[k] == wanted else m
+        out[order[v]] = order[k] if k < m and unique[k] == wanted else m
 
 
 @njit(parallel=True, cache=True)
@@ -449,22 +496,26 @@ class LatticeFilter:
         self._work = {}
 
     def _number_sorted(self, codes, span):
-        """Number the vertices in the order of their codes (``unique``) and find the blur
-        neighbours by code arithmetic: along axis j < d the neighbour's key is shifted by
+        """Number the vertices (CPU: in order of appearance; GPU: in the order of their codes,
+        ``unique``) and find the blur neighbours by code arithmetic on the sorted codes:
+        along axis j < d the neighbour's key is shifted by
         −1 (+1) in every coordinate and by +d (−d) in coordinate j, i.e. its code by
         ∓Σ_i span^i ± (d+1)·span^j; along axis d by ∓Σ_i span^i."""
         xp, d = self.xp, self.d
-        unique, inverse = xp.unique(codes.ravel(), return_inverse=True)
+        if self.kernels == "numba":
+            ids, unique, order = _unique_codes_cpu(codes.ravel())
+        else:
+            unique, ids = xp.unique(codes.ravel(), return_inverse=True)
         m = unique.shape[0]
         self.n_vertices = m
-        self.offsets = inverse.reshape(codes.shape).astype(np.int32)
+        self.offsets = ids.reshape(codes.shape).astype(np.int32)
         total = sum(span**i for i in range(d))
         self.neighbours = xp.empty((d + 1, m, 2), dtype=np.int32)
         for j in range(d + 1):
             along = (d + 1) * span**j if j < d else 0
             for side, shift in ((0, along - total), (1, total - along)):
                 if self.kernels == "numba":
-                    _merge_lookup(unique, shift, self.neighbours[j, :, side])
+                    _merge_lookup(unique, order, shift, self.neighbours[j, :, side])
                 else:
                     wanted = unique + shift
                     index = xp.minimum(xp.searchsorted(unique, wanted), m - 1)

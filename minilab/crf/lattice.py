@@ -163,9 +163,10 @@ def _splat_point(p, values, scale, offsets, weights, out):
 
 def _blur_vertex(v, c0, c1, src, dst, neighbours):
     """dst[v] = src[v] + ½(src[left] + src[right]) along one axis; row M of src is zero."""
-    row, left, right, new = src[v], src[neighbours[v, 0]], src[neighbours[v, 1]], dst[v]
+    a = neighbours[v, 0]
+    b = neighbours[v, 1]
     for c in range(c0, c1):
-        new[c] = row[c] + HALF * (left[c] + right[c])
+        dst[v, c] = src[v, c] + HALF * (src[a, c] + src[b, c])
 
 
 def _slice_point(p, c0, c1, vertex_values, offsets, weights, alpha, scale, factor, out, accumulate):

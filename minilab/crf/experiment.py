@@ -8,8 +8,10 @@ network at hand, this module imitates such a score map from the ground truth:
 1. one-hot labels, C×H×W (void pixels, 255, spread uniformly over the classes);
 2. average-pooled over 8×8 blocks (the stride-8 map);
 3. blurred with a Gaussian of ``blur`` coarse pixels (the network's large receptive field);
-4. turned into scores, ``gain · p + noise`` with independent Gaussian noise of standard
-   deviation ``noise`` per coarse cell and class (the network's mistakes);
+4. turned into scores ``gain · log(p + 0.001) + noise``, with independent Gaussian noise of
+   standard deviation ``noise`` per coarse cell and class (the network's mistakes); with
+   ``gain = 1`` the probabilities are the blurred block fractions themselves, confident
+   inside objects and uncertain across the 8-16 pixels of each outline, as a network's are;
 5. upsampled ×8 bilinearly (half-pixel centres, so each block's value sits at the block's
    centre; ``scipy.ndimage.zoom(order=1, grid_mode=True)``) and soft-maxed over classes.
 
@@ -61,7 +63,7 @@ def load_voc_sample(scale=1.0):
     return samples
 
 
-def coarse_probs(labels, num_classes=NUM_CLASSES, *, factor=8, blur=1.0, gain=4.0, noise=1.0,
+def coarse_probs(labels, num_classes=NUM_CLASSES, *, factor=8, blur=1.0, gain=1.0, noise=1.0,
                  rng=None, ignore_index=255):
     """A stride-``factor`` DCNN-like probability map made from ground-truth ``labels``.
 
@@ -77,7 +79,8 @@ def coarse_probs(labels, num_classes=NUM_CLASSES, *, factor=8, blur=1.0, gain=4.
     blur : float >= 0
         Standard deviation, in coarse pixels, of the Gaussian blur of the pooled map.
     gain, noise : float
-        Scores = ``gain · pooled + N(0, noise²)`` per coarse cell and class.
+        Scores = ``gain · log(pooled + 0.001) + N(0, noise²)`` per coarse cell and class,
+        before the ×8 upsampling and the softmax.
     rng : numpy.random.Generator, optional
 
     Returns

@@ -1,0 +1,35 @@
+"""The paper's experiment at a small size: the CRF must raise mean IoU and the accuracy near boundaries."""
+import numpy as np
+import pytest
+
+from minilab import metrics
+from minilab.crf import experiment
+
+
+def test_coarse_probs_look_like_a_stride_8_network(rng):
+    labels = np.zeros((40, 50), np.int64)
+    labels[10:30, 12:40] = 15
+    labels[0, 0] = 255
+    probs = experiment.coarse_probs(labels, rng=rng, noise=0.0)
+    assert probs.shape == (21, 40, 50) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(axis=0), 1, atol=1e-5)
+    pred = probs.argmax(axis=0)
+    assert set(np.unique(pred)) == {0, 15}
+    block = metrics.trimap_band(labels, 8)
+    assert (pred == labels)[~block & (labels != 255)].all()  # right farther than a block from the outline
+    near = metrics.trimap_band(labels, 2)
+    assert 0.2 < probs[15][near].mean() < 0.8  # uncertain along it
+    with pytest.raises(ValueError, match="labels"):
+        experiment.coarse_probs(labels[None])
+
+
+def test_crf_gain_is_positive():
+    samples = experiment.load_voc_sample(scale=0.25)[:2]
+    assert samples[0][1].shape == (92, 125, 3)
+    result = experiment.run(samples, scale=0.25, widths=(1, 2, 4), seed=0)
+    before, after = result["before"], result["after"]
+    assert after["miou"] > before["miou"] + 0.01
+    assert after["accuracy"] > before["accuracy"]
+    for b, a in zip(before["trimap_accuracy"], after["trimap_accuracy"]):
+        assert a > b + 0.01
+    assert result["params"]["sigma_alpha"] == 50 * 0.25

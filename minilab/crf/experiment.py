@@ -192,7 +192,7 @@ def figures(samples, result, out):
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out / "crf_examples.png", dpi=80)
+    fig.savefig(out / "crf_examples.png", dpi=60)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))

@@ -16,7 +16,7 @@ FIXED = dict(w2=3.0, sigma_gamma=1.0, iterations=2, method="naive")
 def tiny_set():
     rng = np.random.default_rng(3)
     samples = []
-    for _, image, labels in experiment.load_voc_sample(scale=0.04)[:2]:
+    for _, image, labels in experiment.load_voc_sample(scale=0.03)[:2]:
         probs = experiment.coarse_probs(labels, factor=4, rng=rng)
         samples.append((image, probs, labels))
     return samples

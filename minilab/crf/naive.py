@@ -23,14 +23,18 @@ class ExactFilter:
     Parameters
     ----------
     features : (N, F) float array, NumPy or CuPy; at most :data:`MAX_PIXELS` rows.
+    include_self : bool
+        False drops the diagonal of the kernel matrix (k(f_i, f_i) = 1): the sum runs over
+        j != i, as in the paper's eq. (3).
     """
 
-    def __init__(self, features):
+    def __init__(self, features, include_self=True):
         n = features.shape[0]
         if n > MAX_PIXELS:
             raise ValueError(f"method='naive' is exact and O(N²): it accepts at most {MAX_PIXELS} "
                              f"pixels (256×256), got {n}; use method='lattice'")
         self.xp = backend.array_module(features)
+        self.include_self = include_self
         f = features.astype(np.float64)
         self.features = f - f.mean(axis=0)
         self.sq_norms = (self.features**2).sum(axis=1)
@@ -47,4 +51,20 @@ class ExactFilter:
             dist2 = sq[start:stop, None] + sq[None, :] - 2.0 * (f[start:stop] @ f.T)
             kernel = xp.exp(-0.5 * xp.maximum(dist2, 0.0))
             out[start:stop] = kernel @ v
+        if not self.include_self:
+            out -= v
         return out.astype(values.dtype)
+
+    def apply(self, values, out, factor=1.0, in_scale=None, out_scale=None, accumulate=True):
+        """``out (+)= factor · out_scale ⊙ K(in_scale ⊙ values)`` (the lattice's signature)."""
+        if in_scale is not None:
+            values = in_scale[:, None] * values
+        result = self(values)
+        if out_scale is not None:
+            result *= out_scale[:, None]
+        result *= np.float32(factor)
+        if accumulate:
+            out += result
+        else:
+            out[...] = result
+        return out

@@ -91,6 +91,11 @@ def test_bad_input(tmp_path, rng, capsys):
     (tmp_path / "probs").mkdir()
     np.save(tmp_path / "probs" / "b.npy", probs)
     assert "no image for b.npy" in run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "probs"), "-o", out])
+    np.save(tmp_path / "probs" / "b.npy", probs * 2)
+    (tmp_path / "b.png").write_bytes((tmp_path / "a.png").read_bytes())
+    err = run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "probs"), "-o", str(tmp_path / "o"), "--jobs", "1"])
+    assert "b.npy: probs must sum to 1" in err  # a worker's error names its file
+    assert "--jobs must be >= 1" in run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "probs"), "-o", out, "--jobs", "0"])
     (tmp_path / "empty").mkdir()
     assert "no .npy file" in run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "empty"), "-o", out])
 

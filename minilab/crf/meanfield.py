@@ -144,29 +144,32 @@ def _normalize_cpu(q):
 
 
 if backend.cuda is not None:
-    _subtract_max_point_gpu = backend.cuda.jit(device=True)(_subtract_max_point)
-    _normalize_point_gpu = backend.cuda.jit(device=True)(_normalize_point)
+    _cuda = backend.cuda  # a module global, as the CUDA simulator expects
+    _subtract_max_point_gpu = _cuda.jit(device=True)(_subtract_max_point)
+    _normalize_point_gpu = _cuda.jit(device=True)(_normalize_point)
 
-    @backend.cuda.jit
+    @_cuda.jit
     def _subtract_max_gpu(energy):
-        p = backend.cuda.grid(1)
+        p = _cuda.grid(1)
         if p < energy.shape[0]:
             _subtract_max_point_gpu(p, energy)
 
-    @backend.cuda.jit
+    @_cuda.jit
     def _normalize_gpu(q):
-        p = backend.cuda.grid(1)
+        p = _cuda.grid(1)
         if p < q.shape[0]:
             _normalize_point_gpu(p, q)
 
 
-def softmax_labels(energy, out=None):
+def softmax_labels(energy, out=None, kernels=None):
     """Softmax over labels of each row of an (N, C) float32 ``energy``, in float32:
     subtract the row's max, exponentiate (the array module's vectorised exp), divide by the
-    row's sum. ``energy`` is overwritten (max subtracted); returns ``out`` (new if None)."""
+    row's sum. ``energy`` is overwritten (max subtracted); returns ``out`` (new if None).
+    ``kernels``: ``"numba"`` (default for NumPy) or ``"cuda"`` (default for CuPy; NumPy
+    arrays under the CUDA simulator)."""
     xp = backend.array_module(energy)
     out = xp.empty_like(energy) if out is None else out
-    if xp is np:
+    if (kernels or ("numba" if xp is np else "cuda")) == "numba":
         _subtract_max_cpu(energy)
         np.exp(energy, out=out)
         _normalize_cpu(out)

@@ -33,3 +33,13 @@ def test_crf_gain_is_positive():
     for b, a in zip(before["trimap_accuracy"], after["trimap_accuracy"]):
         assert a > b + 0.01
     assert result["params"]["sigma_alpha"] == 50 * 0.25
+
+
+def test_main_writes_figures_and_numbers(tmp_path, capsys):
+    import json
+
+    experiment.main(["--scale", "0.05", "--out", str(tmp_path), "--noise", "0.5"])
+    assert {p.name for p in tmp_path.iterdir()} == {"crf_examples.png", "crf_trimap.png", "crf_experiment.json"}
+    saved = json.loads((tmp_path / "crf_experiment.json").read_text())
+    assert len(saved["per_image"]) == 7 and saved["widths"] == list(experiment.WIDTHS)
+    assert json.loads(capsys.readouterr().out)["after"]["miou"] == saved["after"]["miou"]

@@ -212,12 +212,15 @@ def figures(samples, result, out):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="The CRF experiment on the VOC sample photos.")
-    parser.add_argument("--out", default="docs/img", help="folder for the figures and results.json")
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="docs/img", help="folder for the figures and crf_experiment.json")
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink the photos (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the score maps' noise")
+    for name in ("noise", "blur", "gain"):
+        parser.add_argument(f"--{name}", type=float, default=1.0, help=f"coarse_probs' {name} (default 1)")
     args = parser.parse_args(argv)
     samples = load_voc_sample(args.scale)
-    result = run(samples, scale=args.scale, seed=args.seed, keep_maps=True)
+    result = run(samples, scale=args.scale, seed=args.seed, keep_maps=True, noise=args.noise,
+                 blur=args.blur, gain=args.gain)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     figures(samples, result, args.out)
     result.pop("maps")

@@ -43,3 +43,17 @@ def test_main_writes_figures_and_numbers(tmp_path, capsys):
     saved = json.loads((tmp_path / "crf_experiment.json").read_text())
     assert len(saved["per_image"]) == 7 and saved["widths"] == list(experiment.WIDTHS)
     assert json.loads(capsys.readouterr().out)["after"]["miou"] == saved["after"]["miou"]
+
+
+def test_held_out_tunes_on_some_photos_and_scores_the_others():
+    samples = experiment.load_voc_sample(scale=0.05)[:3]
+    grid = dict(w1=(3.0, 6.0), sigma_alpha=(40.0,), sigma_beta=(3.0, 6.0))
+    result = experiment.held_out(samples, tune_count=2, scale=0.05, coarse=grid, rounds=0, progress=False, factor=4)
+    best = max(result["table"], key=lambda row: row["miou"])
+    assert len(result["table"]) == 4
+    assert result["tuned"] == dict(w1=best["w1"], sigma_alpha=best["sigma_alpha"] / 0.05,
+                                   sigma_beta=best["sigma_beta"], w2=3.0, sigma_gamma=3.0)
+    assert result["tuned"]["sigma_alpha"] == pytest.approx(40.0)
+    assert [r["name"] for r in result["default"]["per_image"]] == [samples[2][0]]
+    again = experiment.run(samples[2:], result["tuned"], scale=0.05, factor=4)
+    assert again["after"]["miou"] == result["tuned_run"]["after"]["miou"]

@@ -57,3 +57,14 @@ def test_held_out_tunes_on_some_photos_and_scores_the_others():
     assert [r["name"] for r in result["default"]["per_image"]] == [samples[2][0]]
     again = experiment.run(samples[2:], result["tuned"], scale=0.05, factor=4)
     assert again["after"]["miou"] == result["tuned_run"]["after"]["miou"]
+
+
+def test_main_held_out(tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.setattr(experiment.tune, "COARSE_GRID", dict(w1=(4.0,), sigma_alpha=(50.0,), sigma_beta=(3.0,)))
+    experiment.main(["--held-out", "--scale", "0.05", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "crf_held_out.json").read_text())
+    assert len(saved["table"]) == 1 + 26  # the one-point grid and its refinement
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["mIoU, tuned parameters"] == saved["tuned_run"]["after"]["miou"]

@@ -210,11 +210,11 @@ def figures(samples, result, out):
     plt.close(fig)
 
 
-def held_out(samples, tune_count=3, *, scale=1.0, seed=0, coarse=tune.COARSE_GRID, rounds=1,
+def held_out(samples, tune_count=3, *, scale=1.0, seed=0, coarse=None, rounds=1,
              progress=True, **coarse_options):
     """Cross-validate w1, σα, σβ on the first ``tune_count`` samples; compare on the others.
 
-    :func:`minilab.crf.tune.cross_validate` (the paper's grid by default, σα and σγ scaled
+    :func:`minilab.crf.tune.cross_validate` (``coarse``: the paper's grid by default; σα and σγ scaled
     by ``scale`` like the photos) picks the parameters on coarse maps of the first samples
     (noise seed ``seed + 1``); :func:`run` then scores the remaining samples with
     :data:`~minilab.crf.tune.DEEPLAB_PARAMS` and with the tuned parameters.
@@ -222,8 +222,10 @@ def held_out(samples, tune_count=3, *, scale=1.0, seed=0, coarse=tune.COARSE_GRI
     Returns
     -------
     dict with ``"tuned"`` (the parameters, σ's in full-size pixels), ``"default"`` and
-    ``"tuned_run"`` (:func:`run`'s results on the held-out samples) and ``"table"``.
+    ``"tuned_run"`` (:func:`run`'s results on the held-out samples) and ``"table"`` (the
+    search's rows, σα in pixels of the scaled photos).
     """
+    coarse = tune.COARSE_GRID if coarse is None else coarse
     rng = np.random.default_rng(seed + 1)
     tuning = [(image, coarse_probs(labels, rng=rng, **coarse_options), labels)
               for _, image, labels in samples[:tune_count]]
@@ -256,8 +258,9 @@ def main(argv=None):
     if args.held_out:
         result = held_out(samples, scale=args.scale, seed=args.seed, **options)
         name = "crf_held_out.json"
-        summary = {k: result[k] for k in ("tuned",)}
-        summary.update({k: {m: result[k][m] for m in ("miou", "accuracy")} for k in ("default", "tuned_run")})
+        summary = {"tuned": result["tuned"], "mIoU without CRF": result["default"]["before"]["miou"],
+                   "mIoU, DeepLab's parameters": result["default"]["after"]["miou"],
+                   "mIoU, tuned parameters": result["tuned_run"]["after"]["miou"]}
     else:
         result = run(samples, scale=args.scale, seed=args.seed, keep_maps=True, **options)
         figures(samples, result, args.out)

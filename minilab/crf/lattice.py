@@ -150,14 +150,14 @@ def _splat_vertex(v, c0, c1, values, scale, start, pixel, weight, out):
 
 
 def _splat_point(p, values, scale, offsets, weights, out):
-    """Scatter: out[vertex r of p] += w_r · (s_p · values[p]) for r = 0..d (the reference's order)."""
+    """Scatter: out[vertex r of p] += (w_r · s_p) · values[p] for r = 0..d (the reference's order)."""
     point = values[p]
     s = scale[p]
     for r in range(offsets.shape[1]):
-        w = weights[p, r]
+        w = weights[p, r] * s
         row = out[offsets[p, r]]
         for c in range(point.shape[0]):
-            row[c] += w * (s * point[c])
+            row[c] += w * point[c]
 
 
 def _blur_vertex(v, c0, c1, src, dst, neighbours):
@@ -167,24 +167,18 @@ def _blur_vertex(v, c0, c1, src, dst, neighbours):
         new[c] = row[c] + HALF * (left[c] + right[c])
 
 
-def _slice_point(p, c0, c1, vertex_values, offsets, weights, alpha, scale, factor, gathered, out, accumulate):
-    """gathered[p] = Σ_r (α w_r) · value of p's vertex r; out[p] (+)= factor · s_p · gathered[p]."""
-    acc = gathered[p]
-    for c in range(c0, c1):
-        acc[c] = float32(0.0)
+def _slice_point(p, c0, c1, vertex_values, offsets, weights, alpha, scale, factor, out, accumulate):
+    """out[p, c0:c1] (+)= Σ_r (factor · s_p · α · w_r) · value of p's vertex r."""
+    row = out[p]
+    if not accumulate:
+        for c in range(c0, c1):
+            row[c] = float32(0.0)
+    s = factor * scale[p] * alpha
     for r in range(offsets.shape[1]):
-        w = weights[p, r] * alpha
+        w = s * weights[p, r]
         vertex = vertex_values[offsets[p, r]]
         for c in range(c0, c1):
-            acc[c] += w * vertex[c]
-    row = out[p]
-    s = scale[p]
-    if accumulate:
-        for c in range(c0, c1):
-            row[c] += factor * (s * acc[c])
-    else:
-        for c in range(c0, c1):
-            row[c] = factor * (s * acc[c])
+            row[c] += w * vertex[c]
 
 
 _embed_point_cpu = njit(cache=True)(_embed_point)
@@ -245,10 +239,9 @@ def _blur_cpu(src, dst, neighbours):
 
 
 @njit(parallel=True, cache=True)
-def _slice_cpu(vertex_values, offsets, weights, alpha, scale, factor, gathered, out, accumulate):
+def _slice_cpu(vertex_values, offsets, weights, alpha, scale, factor, out, accumulate):
     for p in prange(offsets.shape[0]):
-        _slice_point_cpu(p, 0, out.shape[1], vertex_values, offsets, weights, alpha, scale, factor, gathered, out,
-                         accumulate)
+        _slice_point_cpu(p, 0, out.shape[1], vertex_values, offsets, weights, alpha, scale, factor, out, accumulate)
 
 
 @njit(cache=True)
@@ -376,11 +369,10 @@ if backend.cuda is not None:
             _blur_vertex_gpu(v, c, c + 1, src, dst, neighbours)
 
     @_cuda.jit
-    def _slice_gpu(vertex_values, offsets, weights, alpha, scale, factor, gathered, out, accumulate):
+    def _slice_gpu(vertex_values, offsets, weights, alpha, scale, factor, out, accumulate):
         p, c = _cuda.grid(2)
         if p < offsets.shape[0] and c < out.shape[1]:
-            _slice_point_gpu(p, c, c + 1, vertex_values, offsets, weights, alpha, scale, factor, gathered, out,
-                             accumulate)
+            _slice_point_gpu(p, c, c + 1, vertex_values, offsets, weights, alpha, scale, factor, out, accumulate)
 
 
 def _grid2(rows, cols):
@@ -480,14 +472,14 @@ class LatticeFilter:
 
     def _buffers(self, c):
         """Work arrays for C channels, kept between calls: two (M+1, C) vertex buffers (row M is
-        the zero "missing neighbour"), per-thread splat buffers (CPU) and (N, C) slice sums."""
+        the zero "missing neighbour") and per-thread splat buffers (CPU)."""
         if c not in self._work:
             xp, m = self.xp, self.n_vertices
             threads = numba.get_num_threads() if self.kernels == "numba" else 1
             src = xp.zeros((m + 1, c), dtype=np.float32)
             dst = xp.zeros((m + 1, c), dtype=np.float32)
             spare = xp.empty((threads - 1, m + 1, c), dtype=np.float32)
-            self._work = {c: (src, dst, spare, xp.empty((self.offsets.shape[0], c), dtype=np.float32))}
+            self._work = {c: (src, dst, spare)}
         return self._work[c]
 
     def apply(self, values, out, factor=1.0, in_scale=None, out_scale=None, accumulate=True):
@@ -506,20 +498,19 @@ class LatticeFilter:
         in_scale = self.ones if in_scale is None else in_scale
         out_scale = self.ones if out_scale is None else out_scale
         factor = np.float32(factor)
-        src, dst, spare, gathered = self._buffers(c)
+        src, dst, spare = self._buffers(c)
         if self.kernels == "numba":
             _splat_cpu(values, in_scale, self.offsets, self.weights, src, spare)
             for j in range(self.d + 1):
                 _blur_cpu(src, dst, self.neighbours[j])
                 src, dst = dst, src
-            _slice_cpu(src, self.offsets, self.weights, self.alpha, out_scale, factor, gathered, out, accumulate)
+            _slice_cpu(src, self.offsets, self.weights, self.alpha, out_scale, factor, out, accumulate)
         else:
             _splat_gpu[_grid2(m, c)](values, in_scale, self.start, self.pixel, self.weight, src)
             for j in range(self.d + 1):
                 _blur_gpu[_grid2(m, c)](src, dst, self.neighbours[j])
                 src, dst = dst, src
-            _slice_gpu[_grid2(n, c)](src, self.offsets, self.weights, self.alpha, out_scale, factor, gathered, out,
-                                     accumulate)
+            _slice_gpu[_grid2(n, c)](src, self.offsets, self.weights, self.alpha, out_scale, factor, out, accumulate)
         return out
 
     def __call__(self, values):

@@ -1,0 +1,100 @@
+"""Element-wise and channel-wise activations: ReLU, softmax and log-softmax.
+
+DeepLab's convolutional layers are followed by ReLU; its score maps become class
+probabilities by a softmax over the channel (class) axis, the input of the loss (§4) and of
+the CRF's unary term ``-log P`` (eq. 2). The softmax is computed stably by shifting each
+pixel's logits by their maximum, which changes nothing mathematically:
+
+    softmax(x)_c = exp(x_c - m) / sum_k exp(x_k - m),      m = max_k x_k,
+    log_softmax(x)_c = (x_c - m) - log sum_k exp(x_k - m),
+
+so no ``exp`` overflows however large the logits are, and at least one term of the sum is 1.
+Softmax and log-softmax work on arrays of shape ``(N, C, ...)`` (``N×C×H×W`` feature maps,
+or ``N×C``) over axis 1; ReLU on any shape.
+"""
+from .. import backend, validate
+from ._checks import upstream_gradient
+
+
+def relu_forward(x):
+    """``out = max(x, 0)`` element-wise.
+
+    Parameters
+    ----------
+    x : ndarray (NumPy or CuPy), float32 or float64, any shape
+
+    Returns
+    -------
+    out : ndarray, like ``x``
+    cache : the boolean mask ``x > 0`` and the dtype
+    """
+    validate.float_array("x", x)
+    xp = backend.array_module(x)
+    return xp.maximum(x, 0), (x > 0, x.dtype)
+
+
+def relu_backward(dout, cache):
+    """``dx = dout`` where ``x > 0``, else 0 (the subgradient 0 is taken at ``x = 0``)."""
+    mask, dtype = cache
+    upstream_gradient(dout, mask.shape, dtype)
+    return backend.array_module(dout, mask).where(mask, dout, 0)
+
+
+def softmax_forward(x):
+    """Softmax over axis 1 (the channel axis), ``p_c = exp(x_c - m) / sum_k exp(x_k - m)``.
+
+    Parameters
+    ----------
+    x : ndarray (NumPy or CuPy), float32 or float64, shape (N, C, ...)
+
+    Returns
+    -------
+    p : ndarray, like ``x``; ``p.sum(axis=1) == 1``
+    cache : ``p``
+    """
+    _check_channels(x)
+    xp = backend.array_module(x)
+    e = xp.exp(x - x.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    return p, p
+
+
+def softmax_backward(dout, cache):
+    """Vector-Jacobian product of the softmax, ``dx_c = p_c (dout_c - sum_k dout_k p_k)``."""
+    p = cache
+    upstream_gradient(dout, p.shape, p.dtype)
+    return p * (dout - (dout * p).sum(axis=1, keepdims=True))
+
+
+def log_softmax_forward(x):
+    """Log-softmax over axis 1, ``out_c = (x_c - m) - log sum_k exp(x_k - m)``.
+
+    Parameters
+    ----------
+    x : ndarray (NumPy or CuPy), float32 or float64, shape (N, C, ...)
+
+    Returns
+    -------
+    out : ndarray, like ``x``; ``exp(out)`` is the softmax
+    cache : ``out``
+    """
+    _check_channels(x)
+    xp = backend.array_module(x)
+    shifted = x - x.max(axis=1, keepdims=True)
+    out = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+    return out, out
+
+
+def log_softmax_backward(dout, cache):
+    """Vector-Jacobian product of the log-softmax, ``dx_c = dout_c - p_c sum_k dout_k``."""
+    out = cache
+    upstream_gradient(dout, out.shape, out.dtype)
+    xp = backend.array_module(dout, out)
+    return dout - xp.exp(out) * dout.sum(axis=1, keepdims=True)
+
+
+def _check_channels(x):
+    validate.float_array("x", x)
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (N, C, ...) with at least 2 dimensions, got shape {tuple(x.shape)}")
+

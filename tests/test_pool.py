@@ -1,0 +1,147 @@
+"""Max pooling: a loop reference, torch's max_pool2d (both size rules), ties, gradient
+checks, bad inputs."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from minilab import backend
+from minilab.gradcheck import numerical_gradient, relative_error
+from minilab.ops.pool import max_pool2d_backward, max_pool2d_forward
+
+# (kernel, stride, padding): DeepLab-VGG's two pools, a plain 2×2 one, non-square ones
+CONFIGS = [(3, 2, 1), (3, 1, 1), (2, 2, 0), ((3, 2), (2, 1), (1, 0)), (4, 3, 2), (1, 1, 0)]
+
+
+def loop_pool(x, kernel, stride, padding, ceil_mode, dout):
+    """Window by window; returns the output and the gradient of sum(out * dout)."""
+    (kh, kw), (sh, sw), (ph, pw) = [(v, v) if np.isscalar(v) else v for v in (kernel, stride, padding)]
+    n, c, h, w = x.shape
+
+    def size(length, k, s, p):
+        span = length + 2 * p - k
+        if not ceil_mode:
+            return span // s + 1
+        o = int(np.ceil(span / s)) + 1
+        return o - 1 if (o - 1) * s >= length + p else o
+
+    ho, wo = size(h, kh, sh, ph), size(w, kw, sw, pw)
+    out = np.zeros((n, c, ho, wo))
+    dx = np.zeros_like(x)
+    for b in range(n):
+        for ch in range(c):
+            for i in range(ho):
+                for j in range(wo):
+                    best, where = -np.inf, None
+                    for a in range(kh):
+                        for bb in range(kw):
+                            r, q = i * sh - ph + a, j * sw - pw + bb
+                            if 0 <= r < h and 0 <= q < w and x[b, ch, r, q] > best:
+                                best, where = x[b, ch, r, q], (r, q)
+                    out[b, ch, i, j] = best
+                    dx[b, ch, where[0], where[1]] += dout[b, ch, i, j]
+    return out, dx
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("kernel, stride, padding", CONFIGS)
+def test_matches_loop_reference(kernel, stride, padding, ceil_mode, rng):
+    x = rng.standard_normal((2, 3, 9, 10))
+    out, cache = max_pool2d_forward(x, kernel, stride, padding, ceil_mode=ceil_mode)
+    dout = rng.standard_normal(out.shape)
+    ref_out, ref_dx = loop_pool(x, kernel, stride, padding, ceil_mode, dout)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_allclose(max_pool2d_backward(dout, cache), ref_dx, rtol=1e-14, atol=1e-14)
+
+
+@settings(max_examples=20, deadline=None)
+@given(h=st.integers(1, 11), w=st.integers(1, 11), k=st.integers(1, 4), s=st.integers(1, 3),
+       p=st.integers(0, 2), ceil_mode=st.booleans(), levels=st.sampled_from([3, 1000]),
+       seed=st.integers(0, 2**16))
+def test_random_shapes_and_ties_match_loop_reference(h, w, k, s, p, ceil_mode, levels, seed):
+    p = min(p, k // 2)
+    if h + 2 * p < k or w + 2 * p < k:
+        return
+    g = np.random.default_rng(seed)
+    x = g.integers(0, levels, size=(1, 2, h, w)).astype(np.float64)  # levels=3: many ties
+    out, cache = max_pool2d_forward(x, k, s, p, ceil_mode=ceil_mode)
+    dout = g.standard_normal(out.shape)
+    ref_out, ref_dx = loop_pool(x, k, s, p, ceil_mode, dout)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_allclose(max_pool2d_backward(dout, cache), ref_dx, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("kernel, stride, padding", CONFIGS)
+def test_matches_torch(kernel, stride, padding, ceil_mode, rng):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal((2, 3, 12, 11)).astype(np.float32)
+    out, cache = max_pool2d_forward(x, kernel, stride, padding, ceil_mode=ceil_mode)
+    tx = torch.from_numpy(x).requires_grad_()
+    ty = torch.nn.functional.max_pool2d(tx, kernel, stride, padding, ceil_mode=ceil_mode)
+    np.testing.assert_array_equal(out, ty.detach().numpy())
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    ty.backward(torch.from_numpy(dout))
+    np.testing.assert_allclose(max_pool2d_backward(dout, cache), tx.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel, stride, padding", CONFIGS[:3])
+def test_gradient_check(kernel, stride, padding, rng):
+    x = rng.permutation(2 * 2 * 7 * 8).reshape(2, 2, 7, 8) / 224.0  # distinct: no ties
+    out, cache = max_pool2d_forward(x, kernel, stride, padding)
+    dout = rng.standard_normal(out.shape)
+    num = numerical_gradient(lambda: max_pool2d_forward(x, kernel, stride, padding)[0], x, dout)
+    assert relative_error(max_pool2d_backward(dout, cache), num) < 1e-6
+
+
+def test_ties_go_to_the_first_pixel_and_padding_never_wins():
+    x = -np.ones((1, 1, 3, 3), dtype=np.float32)  # all equal, all below the padding's 0
+    out, cache = max_pool2d_forward(x, 3, 3, 1)
+    np.testing.assert_array_equal(out, -1)
+    dx = max_pool2d_backward(np.ones_like(out), cache)
+    np.testing.assert_array_equal(dx, [[[[1, 0, 0], [0, 0, 0], [0, 0, 0]]]])
+
+
+@pytest.mark.parametrize("h", [321, 320, 41, 2, 1])
+def test_deeplab_vgg_pool_sizes(h):
+    x = np.zeros((1, 1, h, h), dtype=np.float32)
+    assert max_pool2d_forward(x, 3, 1, 1)[0].shape[2] == h                      # pool4, pool5
+    assert max_pool2d_forward(x, 3, 2, 1)[0].shape[2] == (h + 1) // 2            # pool1-3
+    assert max_pool2d_forward(x, 3, 2, 1, ceil_mode=True)[0].shape[2] == h // 2 + 1  # Caffe
+
+
+def test_bad_inputs():
+    x = np.zeros((1, 2, 5, 5), dtype=np.float32)
+    with pytest.raises(ValueError, match="padding must be at most half"):
+        max_pool2d_forward(x, 3, 1, 2)
+    with pytest.raises(ValueError, match="kernel"):
+        max_pool2d_forward(x, 0)
+    with pytest.raises(ValueError, match="stride"):
+        max_pool2d_forward(x, 2, 0)
+    with pytest.raises(ValueError, match="padding"):
+        max_pool2d_forward(x, 2, 1, -1)
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        max_pool2d_forward(x, 6)
+    with pytest.raises(TypeError, match="ceil_mode"):
+        max_pool2d_forward(x, 2, ceil_mode=1)
+    with pytest.raises(ValueError, match="x must have 4 dimensions"):
+        max_pool2d_forward(x[0], 2)
+    with pytest.raises(ValueError, match="NaN"):
+        max_pool2d_forward(np.full_like(x, np.nan), 2)
+    out, cache = max_pool2d_forward(x, 2)
+    with pytest.raises(ValueError, match="dout must have the forward output's shape"):
+        max_pool2d_backward(np.zeros((1, 2, 3, 3), np.float32), cache)
+    with pytest.raises(TypeError, match="dout must have the forward output's dtype"):
+        max_pool2d_backward(np.zeros(out.shape, np.float64), cache)
+
+
+@pytest.mark.gpu
+def test_cupy_matches_numpy(rng):
+    cp = backend.cupy
+    x = rng.standard_normal((2, 3, 13, 12)).astype(np.float32)
+    for kernel, stride, padding in CONFIGS:
+        out, cache = max_pool2d_forward(x, kernel, stride, padding)
+        gout, gcache = max_pool2d_forward(cp.asarray(x), kernel, stride, padding)
+        np.testing.assert_array_equal(cp.asnumpy(gout), out)
+        dout = rng.standard_normal(out.shape).astype(np.float32)
+        np.testing.assert_allclose(cp.asnumpy(max_pool2d_backward(cp.asarray(dout), gcache)),
+                                   max_pool2d_backward(dout, cache), rtol=1e-6, atol=1e-6)

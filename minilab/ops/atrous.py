@@ -1,0 +1,503 @@
+"""Atrous (dilated) convolution: DeepLab §3.1, eq. (1) and Fig. 2-3.
+
+Chen, Papandreou, Kokkinos, Murphy, Yuille, "DeepLab: Semantic Image Segmentation with Deep
+Convolutional Nets, Atrous Convolution, and Fully Connected CRFs", TPAMI 2017.
+
+In one dimension (eq. 1) a filter ``w`` of length K applied at rate ``r`` reads the input
+every ``r`` samples::
+
+    y[i] = sum_k x[i + r*k] * w[k]
+
+In two dimensions, with an input ``x`` of shape N×C×H×W zero-padded by (ph, pw) into
+``xpad``, a filter ``w`` of shape F×C×kh×kw, rate ``r`` and stride ``s``::
+
+    y[n, f, i, j] = b[f] + sum_{c, u, v} xpad[n, c, s*i + r*u, s*j + r*v] * w[f, c, u, v]
+
+the cross-correlation that PyTorch calls ``conv2d(x, w, b, stride=s, padding=(ph, pw),
+dilation=r)``. The filter sees a window of k_e = k + (k - 1)(r - 1) pixels per side (its
+field of view) with only k taps: rate 1 is an ordinary convolution. Output size per side:
+``(H + 2 ph - k_e) // s + 1``.
+
+The paper names three ways to compute it, all registered in :data:`METHODS` with a
+hand-written backward, plus a loop reference:
+
+``"direct"``
+    The formula above as loops (Numba ``@njit``, and a ``@cuda.jit`` twin with the same index
+    arithmetic on the GPU). The reference; slow on big inputs.
+``"zeros"``
+    Upsample the filter to k_e×k_e by inserting r - 1 zeros between the taps, then an ordinary
+    convolution (im2col + one GEMM). The literal definition; costs (k_e / k)² more.
+``"sparse"``
+    im2col that samples the padded input at stride r (Caffe's way), then one GEMM with the
+    batch folded in. The fastest here, and the default.
+``"deinterlace"``
+    Split the padded input into r² sub-images ``xpad[:, :, a::r, b::r]`` (space to batch),
+    ordinary convolution on all of them at once, re-interlace the outputs (TensorFlow's
+    way). Stride 1 only.
+
+Every function accepts NumPy arrays (CPU) or CuPy arrays (GPU, GEMMs through cuBLAS) and
+returns arrays of the same kind and dtype (float32 or float64).
+"""
+import collections
+
+import numpy as np
+from numba import njit, prange
+
+from .. import backend, validate
+
+cuda = backend.cuda
+
+
+def effective_kernel_size(k, rate):
+    """Field of view k_e = k + (k - 1)(rate - 1) of a k-tap filter at ``rate`` (§3.1)."""
+    k = validate.integer("k", k, minimum=1)
+    rate = validate.integer("rate", rate, minimum=1)
+    return k + (k - 1) * (rate - 1)
+
+
+def atrous_conv1d(x, w, rate):
+    """Eq. (1): ``y[i] = sum_k x[i + rate*k] * w[k]``, at the positions where it is defined.
+
+    Parameters
+    ----------
+    x : ndarray, shape (L,), float32 or float64
+        The signal.
+    w : ndarray, shape (K,), same dtype
+        The filter.
+    rate : int >= 1
+        The stride with which the input is sampled; 1 is an ordinary correlation.
+
+    Returns
+    -------
+    y : ndarray, shape (L - k_e + 1,), with k_e = K + (K - 1)(rate - 1).
+    """
+    validate.float_array("x", x, ndim=1)
+    validate.float_array("w", w, ndim=1)
+    _same_kind("w", w, x)
+    rate = validate.integer("rate", rate, minimum=1)
+    if w.shape[0] == 0:
+        raise ValueError("w must have at least one tap, got shape (0,)")
+    ke = effective_kernel_size(w.shape[0], rate)
+    if ke > x.shape[0]:
+        raise ValueError(f"w spans k_e = {ke} samples at rate {rate}, longer than x ({x.shape[0]})")
+    length = x.shape[0] - ke + 1
+    y = backend.array_module(x).zeros(length, x.dtype)
+    for k in range(w.shape[0]):
+        y += x[rate * k: rate * k + length] * w[k]
+    return y
+
+
+def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="sparse"):
+    """Atrous convolution (§3.1): ``conv2d(x, w, b, stride, padding, dilation=rate)``.
+
+    ``y[n, f, i, j] = b[f] + sum_{c,u,v} xpad[n, c, stride*i + rate*u, stride*j + rate*v] * w[f, c, u, v]``
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W), float32 or float64, NumPy or CuPy
+    w : ndarray, shape (F, C, kh, kw), same dtype and array module
+    b : ndarray, shape (F,), or None
+    rate : int >= 1
+        Dilation: taps are ``rate`` pixels apart.
+    stride : int >= 1
+        Output step (``"deinterlace"`` needs 1).
+    padding : int or (int, int), >= 0
+        Zeros added on both sides of H and of W.
+    method : str
+        A key of :data:`METHODS`.
+
+    Returns
+    -------
+    out : ndarray, shape (N, F, Ho, Wo), Ho = (H + 2 ph - k_e) // stride + 1, k_e = kh + (kh-1)(rate-1)
+    cache : tuple for :func:`atrous_conv2d_backward`.
+    """
+    validate.float_array("x", x, ndim=4)
+    validate.float_array("w", w, ndim=4)
+    _same_kind("w", w, x)
+    if b is not None:
+        validate.float_array("b", b, ndim=1)
+        _same_kind("b", b, x)
+        if b.shape[0] != w.shape[0]:
+            raise ValueError(f"b must have w.shape[0] = {w.shape[0]} entries, got shape {tuple(b.shape)}")
+    if x.size == 0 or w.size == 0:
+        raise ValueError(f"x and w must not be empty, got shapes {tuple(x.shape)} and {tuple(w.shape)}")
+    if w.shape[1] != x.shape[1]:
+        raise ValueError(f"w has {w.shape[1]} input channels (w.shape[1]) but x has {x.shape[1]} (x.shape[1])")
+    rate = validate.integer("rate", rate, minimum=1)
+    stride = validate.integer("stride", stride, minimum=1)
+    ph, pw = validate.pair("padding", padding, minimum=0)
+    validate.choice("method", method, METHODS)
+    if method == "deinterlace" and stride != 1:
+        raise ValueError(f"stride must be 1 for method='deinterlace' (sub-images are convolved "
+                         f"densely), got stride={stride}; use method='sparse'")
+    hp, wp = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
+    keh, kew = effective_kernel_size(w.shape[2], rate), effective_kernel_size(w.shape[3], rate)
+    if keh > hp or kew > wp:
+        raise ValueError(f"w spans {keh}×{kew} pixels at rate {rate} (k_e = k + (k-1)(rate-1)), "
+                         f"larger than the padded input {hp}×{wp}; increase padding or lower rate")
+
+    xpad = _pad(x, ph, pw)
+    out, ctx = METHODS[method].forward(xpad, w, rate, stride)
+    if b is not None:
+        out += b[:, None, None]
+    return out, (method, ctx, x.shape, (ph, pw), b is not None, out.shape, out.dtype)
+
+
+def atrous_conv2d_backward(dout, cache):
+    """Gradients of :func:`atrous_conv2d_forward`.
+
+    ``dx[n, c, p, q] = sum over (f, u, v, i, j) with stride*i + rate*u = p + ph (and likewise
+    for q) of dout[n, f, i, j] * w[f, c, u, v]``;
+    ``dw[f, c, u, v] = sum_{n,i,j} dout[n, f, i, j] * xpad[n, c, stride*i + rate*u, stride*j + rate*v]``;
+    ``db[f] = sum_{n,i,j} dout[n, f, i, j]``.
+
+    Parameters
+    ----------
+    dout : ndarray, shape (N, F, Ho, Wo), the dtype and array module of the forward output
+    cache : what :func:`atrous_conv2d_forward` returned
+
+    Returns
+    -------
+    dx : ndarray (N, C, H, W); dw : ndarray (F, C, kh, kw); db : ndarray (F,) or None when
+    the forward had no bias.
+    """
+    method, ctx, xshape, (ph, pw), has_bias, out_shape, dtype = cache
+    validate.float_array("dout", dout, ndim=4)
+    if tuple(dout.shape) != tuple(out_shape):
+        raise ValueError(f"dout must have the forward output's shape {tuple(out_shape)}, got {tuple(dout.shape)}")
+    if dout.dtype != dtype:
+        raise TypeError(f"dout must have the forward output's dtype {dtype}, got {dout.dtype}")
+    dxpad, dw = METHODS[method].backward(dout, ctx)
+    dx = dxpad[:, :, ph:ph + xshape[2], pw:pw + xshape[3]]
+    xp = backend.array_module(dout)
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    return xp.ascontiguousarray(dx), dw, db
+
+
+def _same_kind(name, a, x):
+    """``a`` must live where ``x`` lives (NumPy or CuPy) and share its dtype."""
+    if backend.is_gpu_array(a) != backend.is_gpu_array(x):
+        kind = lambda z: "CuPy" if backend.is_gpu_array(z) else "NumPy"
+        raise TypeError(f"{name} is a {kind(a)} array but x is a {kind(x)} array; "
+                        "move both to one device with minilab.backend.to_device")
+    if a.dtype != x.dtype:
+        raise TypeError(f"{name} must have x's dtype {x.dtype}, got {a.dtype}")
+
+
+def _pad(x, ph, pw):
+    """x zero-padded by ph rows and pw columns on each side (x itself when there is nothing to add)."""
+    if ph == 0 and pw == 0:
+        return x
+    n, c, h, w = x.shape
+    xpad = backend.array_module(x).zeros((n, c, h + 2 * ph, w + 2 * pw), x.dtype)
+    xpad[:, :, ph:ph + h, pw:pw + w] = x
+    return xpad
+
+
+def _out_size(xpad_shape, w_shape, rate, stride):
+    """(Ho, Wo) of a valid atrous correlation of an already padded input."""
+    return tuple((xpad_shape[d] - (w_shape[d] - 1) * rate - 1) // stride + 1 for d in (2, 3))
+
+
+# ---- "sparse": im2col sampling the input at stride `rate`, then one GEMM ------------------
+
+def _im2col(xpad, kh, kw, rate, stride, ho, wo):
+    """cols[(c, u, v), (n, i, j)] = xpad[n, c, stride*i + rate*u, stride*j + rate*v].
+
+    Shape (C·kh·kw, N·Ho·Wo): the batch is folded into the GEMM's columns. A parallel Numba
+    gather on the CPU, its CUDA twin on the GPU.
+    """
+    n, c = xpad.shape[:2]
+    cols = backend.array_module(xpad).empty((c * kh * kw, n, ho, wo), xpad.dtype)
+    (_im2col_cpu if isinstance(xpad, np.ndarray) else _im2col_cuda)(xpad, kh, kw, rate, stride, cols)
+    return cols.reshape(c * kh * kw, n * ho * wo)
+
+
+def _col2im(dcols, xpad_shape, kh, kw, rate, stride, ho, wo):
+    """The adjoint of :func:`_im2col`: add every column entry back where it was read from."""
+    dxpad = backend.array_module(dcols).empty(xpad_shape, dcols.dtype)
+    dcols = dcols.reshape(-1, xpad_shape[0], ho, wo)
+    (_col2im_cpu if isinstance(dcols, np.ndarray) else _col2im_cuda)(dcols, kh, kw, rate, stride, dxpad)
+    return dxpad
+
+
+@njit(parallel=True, cache=True)
+def _im2col_cpu(xpad, kh, kw, rate, stride, cols):
+    for row in prange(cols.shape[0]):  # row = (c, u, v)
+        c, u, v = row // (kh * kw), row // kw % kh, row % kw
+        for n in range(cols.shape[1]):
+            for i in range(cols.shape[2]):
+                for j in range(cols.shape[3]):
+                    cols[row, n, i, j] = xpad[n, c, stride * i + rate * u, stride * j + rate * v]
+
+
+@njit(parallel=True, cache=True)
+def _col2im_cpu(dcols, kh, kw, rate, stride, dxpad):
+    # one thread owns the whole plane dxpad[n, c]: a scatter without races
+    for nc in prange(dxpad.shape[0] * dxpad.shape[1]):
+        n, c = nc // dxpad.shape[1], nc % dxpad.shape[1]
+        dxpad[n, c] = 0
+        for u in range(kh):
+            for v in range(kw):
+                row = (c * kh + u) * kw + v
+                for i in range(dcols.shape[2]):
+                    for j in range(dcols.shape[3]):
+                        dxpad[n, c, stride * i + rate * u, stride * j + rate * v] += dcols[row, n, i, j]
+
+
+def _sparse_forward(xpad, w, rate, stride):
+    """y = W (F × C·kh·kw) @ cols (C·kh·kw × N·Ho·Wo), reshaped to N×F×Ho×Wo."""
+    xp = backend.array_module(xpad)
+    f, _, kh, kw = w.shape
+    ho, wo = _out_size(xpad.shape, w.shape, rate, stride)
+    cols = _im2col(xpad, kh, kw, rate, stride, ho, wo)
+    y = (w.reshape(f, -1) @ cols).reshape(f, xpad.shape[0], ho, wo)
+    return xp.ascontiguousarray(y.transpose(1, 0, 2, 3)), (cols, w, xpad.shape, rate, stride)
+
+
+def _sparse_backward(dy, ctx):
+    """dW = dY @ colsᵀ, dcols = Wᵀ @ dY, dxpad = col2im(dcols)."""
+    cols, w, xpad_shape, rate, stride = ctx
+    xp = backend.array_module(dy)
+    f, _, kh, kw = w.shape
+    ho, wo = dy.shape[2:]
+    dy2 = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(f, -1)
+    dw = (dy2 @ cols.T).reshape(w.shape)
+    dcols = w.reshape(f, -1).T @ dy2
+    return _col2im(dcols, xpad_shape, kh, kw, rate, stride, ho, wo), dw
+
+
+# ---- "zeros": the filter upsampled with rate - 1 zeros between taps, ordinary convolution --
+
+def _zeros_forward(xpad, w, rate, stride):
+    f, c, kh, kw = w.shape
+    w_up = backend.array_module(w).zeros(
+        (f, c, (kh - 1) * rate + 1, (kw - 1) * rate + 1), w.dtype)
+    w_up[:, :, ::rate, ::rate] = w
+    y, ctx = _sparse_forward(xpad, w_up, 1, stride)
+    return y, (ctx, rate)
+
+
+def _zeros_backward(dy, ctx):
+    ctx, rate = ctx
+    dxpad, dw_up = _sparse_backward(dy, ctx)
+    return dxpad, backend.array_module(dy).ascontiguousarray(dw_up[:, :, ::rate, ::rate])
+
+
+# ---- "deinterlace": space to batch, ordinary convolution, batch to space -----------------
+
+def _space_to_batch(a, r, hq, wq):
+    """(N, C, H, W) -> (r·r·N, C, hq, wq): sub-image (p, q) is a[:, :, p::r, q::r], zero-filled."""
+    xp = backend.array_module(a)
+    n, c, h, w = a.shape
+    grid = xp.zeros((n, c, hq * r, wq * r), a.dtype)
+    grid[:, :, :h, :w] = a
+    sub = grid.reshape(n, c, hq, r, wq, r).transpose(3, 5, 0, 1, 2, 4)
+    return sub.reshape(r * r * n, c, hq, wq)
+
+
+def _batch_to_space(sub, r, h, w):
+    """The inverse of :func:`_space_to_batch`, cropped to h×w: interlace r² sub-images."""
+    b, c, hq, wq = sub.shape
+    n = b // (r * r)
+    grid = sub.reshape(r, r, n, c, hq, wq).transpose(2, 3, 4, 0, 5, 1).reshape(n, c, hq * r, wq * r)
+    return backend.array_module(sub).ascontiguousarray(grid[:, :, :h, :w])
+
+
+def _deinterlace_forward(xpad, w, rate, stride):
+    """Sub-image (p, q) convolved densely with w gives the outputs y[..., p::rate, q::rate]."""
+    hp, wp = xpad.shape[2:]
+    ho, wo = _out_size(xpad.shape, w.shape, rate, stride)
+    hq, wq = -(-hp // rate), -(-wp // rate)  # sub-image size: padded up to a multiple of rate
+    y_sub, ctx = _sparse_forward(_space_to_batch(xpad, rate, hq, wq), w, 1, 1)
+    return _batch_to_space(y_sub, rate, ho, wo), (ctx, xpad.shape, rate, y_sub.shape)
+
+
+def _deinterlace_backward(dy, ctx):
+    ctx, xpad_shape, rate, (_, _, hs, ws) = ctx
+    dsub, dw = _sparse_backward(_space_to_batch(dy, rate, hs, ws), ctx)
+    return _batch_to_space(dsub, rate, xpad_shape[2], xpad_shape[3]), dw
+
+
+# ---- "direct": the formula as loops; Numba on the CPU, a CUDA twin on the GPU -------------
+# Each element function is compiled twice, by @njit and by @cuda.jit(device=True), so both
+# devices run exactly the same index arithmetic. Accumulation is in float64.
+
+def _out_element(xpad, w, n, f, i, j, rate, stride):
+    """y[n, f, i, j] = sum_{c,u,v} xpad[n, c, stride*i + rate*u, stride*j + rate*v] * w[f, c, u, v]."""
+    acc = 0.0
+    for c in range(w.shape[1]):
+        for u in range(w.shape[2]):
+            for v in range(w.shape[3]):
+                acc += xpad[n, c, stride * i + rate * u, stride * j + rate * v] * w[f, c, u, v]
+    return acc
+
+
+def _dx_element(dy, w, n, c, p, q, rate, stride):
+    """dxpad[n, c, p, q] = sum of dy[n, f, i, j] * w[f, c, u, v] over stride*i + rate*u = p, stride*j + rate*v = q."""
+    acc = 0.0
+    for u in range(w.shape[2]):
+        di = p - rate * u
+        if di < 0 or di % stride != 0 or di // stride >= dy.shape[2]:
+            continue
+        for v in range(w.shape[3]):
+            dj = q - rate * v
+            if dj < 0 or dj % stride != 0 or dj // stride >= dy.shape[3]:
+                continue
+            for f in range(w.shape[0]):
+                acc += dy[n, f, di // stride, dj // stride] * w[f, c, u, v]
+    return acc
+
+
+def _dw_element(xpad, dy, c, f, u, v, rate, stride):
+    """dw[f, c, u, v] = sum_{n,i,j} dy[n, f, i, j] * xpad[n, c, stride*i + rate*u, stride*j + rate*v]."""
+    acc = 0.0
+    for n in range(dy.shape[0]):
+        for i in range(dy.shape[2]):
+            for j in range(dy.shape[3]):
+                acc += dy[n, f, i, j] * xpad[n, c, stride * i + rate * u, stride * j + rate * v]
+    return acc
+
+
+_out_element_cpu = njit(cache=True)(_out_element)
+_dx_element_cpu = njit(cache=True)(_dx_element)
+_dw_element_cpu = njit(cache=True)(_dw_element)
+
+
+def _unravel(t, shape):
+    """The 4-D index of flat position t in a C-ordered array of ``shape``."""
+    d = t % shape[3]
+    t //= shape[3]
+    c = t % shape[2]
+    t //= shape[2]
+    return t // shape[1], t % shape[1], c, d
+
+
+_unravel_cpu = njit(cache=True)(_unravel)
+
+
+@njit(parallel=True, cache=True)
+def _direct_forward_cpu(xpad, w, rate, stride, y):
+    for t in prange(y.size):
+        n, f, i, j = _unravel_cpu(t, y.shape)
+        y[n, f, i, j] = _out_element_cpu(xpad, w, n, f, i, j, rate, stride)
+
+
+@njit(parallel=True, cache=True)
+def _direct_backward_cpu(xpad, w, dy, rate, stride, dxpad, dw):
+    for t in prange(dxpad.size):
+        n, c, p, q = _unravel_cpu(t, dxpad.shape)
+        dxpad[n, c, p, q] = _dx_element_cpu(dy, w, n, c, p, q, rate, stride)
+    for t in prange(dw.size):
+        f, c, u, v = _unravel_cpu(t, dw.shape)
+        dw[f, c, u, v] = _dw_element_cpu(xpad, dy, c, f, u, v, rate, stride)
+
+
+if cuda is not None:
+    _out_element_gpu = cuda.jit(device=True)(_out_element)
+    _dx_element_gpu = cuda.jit(device=True)(_dx_element)
+    _dw_element_gpu = cuda.jit(device=True)(_dw_element)
+    _unravel_gpu = cuda.jit(device=True)(_unravel)
+
+    @cuda.jit
+    def _im2col_kernel(xpad, kh, kw, rate, stride, cols):
+        t = cuda.grid(1)
+        if t < cols.size:
+            row, n, i, j = _unravel_gpu(t, cols.shape)
+            c, u, v = row // (kh * kw), row // kw % kh, row % kw
+            cols[row, n, i, j] = xpad[n, c, stride * i + rate * u, stride * j + rate * v]
+
+    @cuda.jit
+    def _col2im_kernel(dcols, kh, kw, rate, stride, dxpad):
+        # the same sum as _col2im_cpu, gathered per element of dxpad so no atomics are needed
+        t = cuda.grid(1)
+        if t < dxpad.size:
+            n, c, p, q = _unravel_gpu(t, dxpad.shape)
+            acc = 0.0
+            for u in range(kh):
+                di = p - rate * u
+                if di < 0 or di % stride != 0 or di // stride >= dcols.shape[2]:
+                    continue
+                for v in range(kw):
+                    dj = q - rate * v
+                    if dj < 0 or dj % stride != 0 or dj // stride >= dcols.shape[3]:
+                        continue
+                    acc += dcols[(c * kh + u) * kw + v, n, di // stride, dj // stride]
+            dxpad[n, c, p, q] = acc
+
+    @cuda.jit
+    def _forward_kernel(xpad, w, rate, stride, y):
+        t = cuda.grid(1)
+        if t < y.size:
+            n, f, i, j = _unravel_gpu(t, y.shape)
+            y[n, f, i, j] = _out_element_gpu(xpad, w, n, f, i, j, rate, stride)
+
+    @cuda.jit
+    def _dx_kernel(dy, w, rate, stride, dxpad):
+        t = cuda.grid(1)
+        if t < dxpad.size:
+            n, c, p, q = _unravel_gpu(t, dxpad.shape)
+            dxpad[n, c, p, q] = _dx_element_gpu(dy, w, n, c, p, q, rate, stride)
+
+    @cuda.jit
+    def _dw_kernel(xpad, dy, rate, stride, dw):
+        t = cuda.grid(1)
+        if t < dw.size:
+            f, c, u, v = _unravel_gpu(t, dw.shape)
+            dw[f, c, u, v] = _dw_element_gpu(xpad, dy, c, f, u, v, rate, stride)
+
+
+_THREADS = 128
+
+
+def _launch(kernel, size):
+    """``kernel`` configured with one thread per element of an array of ``size`` elements."""
+    return kernel[(size + _THREADS - 1) // _THREADS, _THREADS]
+
+
+def _im2col_cuda(xpad, kh, kw, rate, stride, cols):
+    _launch(_im2col_kernel, cols.size)(xpad, kh, kw, rate, stride, cols)
+
+
+def _col2im_cuda(dcols, kh, kw, rate, stride, dxpad):
+    _launch(_col2im_kernel, dxpad.size)(dcols, kh, kw, rate, stride, dxpad)
+
+
+def _direct_forward_cuda(xpad, w, rate, stride, y):
+    """Launch the forward kernel (device arrays; NumPy arrays under the CUDA simulator)."""
+    _launch(_forward_kernel, y.size)(xpad, w, rate, stride, y)
+
+
+def _direct_backward_cuda(xpad, w, dy, rate, stride, dxpad, dw):
+    """Launch the dx and dw kernels."""
+    _launch(_dx_kernel, dxpad.size)(dy, w, rate, stride, dxpad)
+    _launch(_dw_kernel, dw.size)(xpad, dy, rate, stride, dw)
+
+
+def _direct_forward(xpad, w, rate, stride):
+    xp = backend.array_module(xpad)
+    y = xp.empty((xpad.shape[0], w.shape[0]) + _out_size(xpad.shape, w.shape, rate, stride), xpad.dtype)
+    (_direct_forward_cpu if xp is np else _direct_forward_cuda)(xpad, w, rate, stride, y)
+    return y, (xpad, w, rate, stride)
+
+
+def _direct_backward(dy, ctx):
+    xpad, w, rate, stride = ctx
+    xp = backend.array_module(dy)
+    dxpad, dw = xp.empty_like(xpad), xp.empty_like(w)
+    dy = xp.ascontiguousarray(dy)
+    (_direct_backward_cpu if xp is np else _direct_backward_cuda)(xpad, w, dy, rate, stride, dxpad, dw)
+    return dxpad, dw
+
+
+Method = collections.namedtuple("Method", "forward backward")
+Method.__doc__ = """One implementation: ``forward(xpad, w, rate, stride) -> (y, ctx)`` on an
+already padded input, without bias; ``backward(dy, ctx) -> (dxpad, dw)``."""
+
+#: The registered implementations of atrous convolution, by name (see the module docstring).
+METHODS = {
+    "direct": Method(_direct_forward, _direct_backward),
+    "zeros": Method(_zeros_forward, _zeros_backward),
+    "sparse": Method(_sparse_forward, _sparse_backward),
+    "deinterlace": Method(_deinterlace_forward, _deinterlace_backward),
+}

@@ -1,0 +1,68 @@
+"""Every pair of registered atrous methods gives the same forward and backward on random
+shapes, rates 1..24, paddings, strides and both float dtypes."""
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from minilab.ops.atrous import METHODS, atrous_conv2d_backward, atrous_conv2d_forward
+
+
+@st.composite
+def problems(draw):
+    rate = draw(st.integers(1, 24))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    # enough padding that the (kh-1)*rate+1 window fits, plus a little more
+    ph = max(0, -(-((kh - 1) * rate + 1 - h) // 2)) + draw(st.integers(0, 3))
+    pw = max(0, -(-((kw - 1) * rate + 1 - w) // 2)) + draw(st.integers(0, 3))
+    return dict(n=draw(st.integers(1, 2)), c=draw(st.integers(1, 3)), f=draw(st.integers(1, 3)),
+                h=h, w=w, kh=kh, kw=kw, rate=rate, padding=(ph, pw),
+                stride=draw(st.sampled_from([1, 1, 2, 3])), bias=draw(st.booleans()),
+                dtype=draw(st.sampled_from([np.float32, np.float64])), seed=draw(st.integers(0, 2**16)))
+
+
+def run_all(p):
+    """Forward and backward of every applicable method on the problem ``p``."""
+    rng = np.random.default_rng(p["seed"])
+    x = rng.standard_normal((p["n"], p["c"], p["h"], p["w"])).astype(p["dtype"])
+    w = rng.standard_normal((p["f"], p["c"], p["kh"], p["kw"])).astype(p["dtype"])
+    b = rng.standard_normal(p["f"]).astype(p["dtype"]) if p["bias"] else None
+    results, dout = {}, None
+    for name in METHODS:
+        if name == "deinterlace" and p["stride"] != 1:
+            continue
+        out, cache = atrous_conv2d_forward(x, w, b, rate=p["rate"], stride=p["stride"],
+                                           padding=p["padding"], method=name)
+        if dout is None:
+            dout = rng.standard_normal(out.shape).astype(p["dtype"])
+        results[name] = (out,) + atrous_conv2d_backward(dout, cache)
+    return results
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems())
+def test_every_pair_of_methods_agrees(p):
+    results = run_all(p)
+    assert len(results) >= 3
+    tol = 2e-4 if p["dtype"] == np.float32 else 1e-11
+    for (a, ra), (b, rb) in itertools.combinations(results.items(), 2):
+        for what, ga, gb in zip(("out", "dx", "dw", "db"), ra, rb):
+            if ga is None:
+                assert gb is None and not p["bias"]
+                continue
+            assert ga.dtype == gb.dtype == p["dtype"], (a, b, what)
+            scale = max(1.0, float(np.abs(ga).max()))
+            np.testing.assert_allclose(ga, gb, rtol=tol, atol=tol * scale, err_msg=f"{a} vs {b}: {what}")
+
+
+@pytest.mark.parametrize("rate", [1, 6, 24])
+def test_methods_agree_on_a_deeplab_like_layer(rate, rng):
+    """A wider case: 16 channels, 3×3, 'same' padding = rate, as in ASPP."""
+    p = dict(n=1, c=16, f=8, h=27, w=25, kh=3, kw=3, rate=rate, padding=rate, stride=1,
+             bias=True, dtype=np.float64, seed=rate)
+    results = run_all(p)
+    for name, r in results.items():
+        for ga, gb in zip(r, results["direct"]):
+            np.testing.assert_allclose(ga, gb, rtol=1e-10, atol=1e-10, err_msg=name)

@@ -1,0 +1,75 @@
+"""Atrous convolution on the GPU: the Numba CUDA twin of "direct" under the simulator (tiny
+inputs), and every method on CuPy arrays against the CPU (needs a GPU)."""
+import numpy as np
+import pytest
+
+from minilab import backend
+from minilab.ops import atrous
+from minilab.ops.atrous import METHODS, atrous_conv2d_backward, atrous_conv2d_forward
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("rate, stride", [(1, 1), (2, 1), (3, 2)])
+def test_cuda_kernels_match_njit_kernels(rate, stride, rng):
+    xpad = rng.standard_normal((2, 2, 11, 10))
+    w = rng.standard_normal((3, 2, 3, 2))
+    ho, wo = atrous._out_size(xpad.shape, w.shape, rate, stride)
+    dy = rng.standard_normal((2, 3, ho, wo))
+    y_cpu, y_gpu = np.empty((2, 3, ho, wo)), np.empty((2, 3, ho, wo))
+    atrous._direct_forward_cpu(xpad, w, rate, stride, y_cpu)
+    atrous._direct_forward_cuda(xpad, w, rate, stride, y_gpu)
+    np.testing.assert_allclose(y_gpu, y_cpu, rtol=1e-12, atol=1e-12)
+    grads_cpu = np.empty_like(xpad), np.empty_like(w)
+    grads_gpu = np.empty_like(xpad), np.empty_like(w)
+    atrous._direct_backward_cpu(xpad, w, dy, rate, stride, *grads_cpu)
+    atrous._direct_backward_cuda(xpad, w, dy, rate, stride, *grads_gpu)
+    for g_gpu, g_cpu in zip(grads_gpu, grads_cpu):
+        np.testing.assert_allclose(g_gpu, g_cpu, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("rate, stride", [(1, 1), (3, 1), (2, 3)])
+def test_cuda_im2col_and_col2im_match_njit(rate, stride, rng):
+    xpad = rng.standard_normal((2, 3, 12, 11)).astype(np.float32)
+    kh, kw = 3, 2
+    ho, wo = atrous._out_size(xpad.shape, (1, 3, kh, kw), rate, stride)
+    cols_cpu, cols_gpu = (np.empty((3 * kh * kw, 2, ho, wo), np.float32) for _ in range(2))
+    atrous._im2col_cpu(xpad, kh, kw, rate, stride, cols_cpu)
+    atrous._im2col_cuda(xpad, kh, kw, rate, stride, cols_gpu)
+    np.testing.assert_array_equal(cols_gpu, cols_cpu)
+    dcols = rng.standard_normal(cols_cpu.shape).astype(np.float32)
+    dx_cpu, dx_gpu = np.empty_like(xpad), np.empty_like(xpad)
+    atrous._col2im_cpu(dcols, kh, kw, rate, stride, dx_cpu)
+    atrous._col2im_cuda(dcols, kh, kw, rate, stride, dx_gpu)
+    np.testing.assert_allclose(dx_gpu, dx_cpu, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cupy_arrays_give_the_cpu_result(method, dtype, rng):
+    cp = backend.cupy
+    x = rng.standard_normal((2, 3, 21, 19)).astype(dtype)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+    b = rng.standard_normal(4).astype(dtype)
+    args = dict(rate=3, padding=2, method=method)
+    out, cache = atrous_conv2d_forward(x, w, b, **args)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    grads = atrous_conv2d_backward(dout, cache)
+    out_g, cache_g = atrous_conv2d_forward(cp.asarray(x), cp.asarray(w), cp.asarray(b), **args)
+    grads_g = atrous_conv2d_backward(cp.asarray(dout), cache_g)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for cpu, gpu in zip((out,) + grads, (out_g,) + grads_g):
+        assert isinstance(gpu, cp.ndarray) and gpu.dtype == dtype
+        np.testing.assert_allclose(cp.asnumpy(gpu), cpu, rtol=tol, atol=tol)
+
+
+@pytest.mark.gpu
+def test_mixed_numpy_and_cupy_inputs_are_refused(rng):
+    cp = backend.cupy
+    x = rng.standard_normal((1, 2, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    with pytest.raises(TypeError, match="w is a CuPy array"):
+        atrous_conv2d_forward(x, cp.asarray(w))
+    with pytest.raises(TypeError, match="b is a NumPy array"):
+        atrous_conv2d_forward(cp.asarray(x), cp.asarray(w), np.zeros(3, np.float32))

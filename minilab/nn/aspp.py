@@ -1,0 +1,102 @@
+"""Atrous spatial pyramid pooling: DeepLab-v2's classifier head (§3.2, Fig. 4).
+
+Each branch looks at the backbone's stride-8 features through a 3×3 atrous convolution of
+its own rate r, then two 1×1 layers::
+
+    fc6 (3×3, rate r, C → hidden) → ReLU → dropout → fc7 (1×1, hidden → hidden)
+        → ReLU → dropout → fc8 (1×1, hidden → classes)
+
+and the branch score maps are *summed*. With one branch of rate 12 this is DeepLab-LargeFOV;
+ASPP-S uses rates {2, 4, 8, 12} and ASPP-L {6, 12, 18, 24} (Table 3). A rate-r 3×3 branch
+sees an effective 2r+1 window of stride-8 units, so ASPP-L's branches look at objects of
+very different sizes at once.
+"""
+import numpy as np
+
+from .. import validate
+from .layers import Conv2d, Dropout2d, ReLU, make_rng
+from .module import Module, Sequential
+
+LARGE_FOV = (12,)
+ASPP_S = (2, 4, 8, 12)
+ASPP_L = (6, 12, 18, 24)
+
+
+class ASPPBranch(Sequential):
+    """One field of view: fc6 (3×3 at ``rate``) → ReLU → dropout → fc7 → ReLU → dropout → fc8.
+
+    fc8 is drawn with std 0.01 (DeepLab's Caffe initialisation of the classifier), the
+    others with He/MSRA. A :class:`Sequential` whose layers are named attributes
+    (``fc6.weight``, ``fc7.weight``, ...).
+    """
+
+    children = Module.children
+
+    def __init__(self, in_channels, num_classes, rate, hidden=1024, *, kernel_size=3, dropout=0.5,
+                 method="sparse", rng=None, dtype=np.float32):
+        Module.__init__(self)
+        rng = make_rng(rng)
+        rate = validate.integer("rate", rate, 1)
+        k = validate.integer("kernel_size", kernel_size, 1)
+        self.fc6 = Conv2d(in_channels, hidden, k, rate=rate, padding=rate * (k - 1) // 2,
+                          method=method, rng=rng, dtype=dtype)
+        self.relu6 = ReLU()
+        self.drop6 = Dropout2d(dropout, rng=rng)
+        self.fc7 = Conv2d(hidden, hidden, 1, method=method, rng=rng, dtype=dtype)
+        self.relu7 = ReLU()
+        self.drop7 = Dropout2d(dropout, rng=rng)
+        self.fc8 = Conv2d(hidden, num_classes, 1, method=method, std=0.01, rng=rng, dtype=dtype)
+
+
+class ASPP(Module):
+    """Parallel :class:`ASPPBranch` es, one per rate, their score maps summed (§3.2).
+
+    ``y = sum_b branch_b(x)``; backward sends ``dout`` to every branch and sums the input
+    gradients, ``dx = sum_b dbranch_b/dx (dout)``.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    rates : tuple of int
+        ``LARGE_FOV``, ``ASPP_S``, ``ASPP_L`` or any rates.
+    hidden : int
+        Width of fc6/fc7 (1024 in the paper).
+    kernel_size : int
+        fc6's kernel: 3 in DeepLab-v2; Table 1 also tries 7 and 4 (padding
+        ``rate * (kernel_size - 1) // 2``).
+    dropout : float
+    method : str
+        Atrous convolution method for every layer.
+    rng : numpy.random.Generator or int, optional
+    dtype : float32 or float64
+
+    Shapes: x (N, in_channels, H, W) → (N, num_classes, H, W); parameters
+    ``branches.<i>.fc6.weight`` and so on.
+    """
+
+    def __init__(self, in_channels, num_classes, rates=ASPP_L, hidden=1024, *, kernel_size=3,
+                 dropout=0.5, method="sparse", rng=None, dtype=np.float32):
+        super().__init__()
+        rng = make_rng(rng)
+        if not (isinstance(rates, (tuple, list)) and rates):
+            raise ValueError(f"rates must be a non-empty tuple of ints, got {rates!r}")
+        self.rates = tuple(validate.integer("rates", r, 1) for r in rates)
+        self.branches = [ASPPBranch(in_channels, num_classes, r, hidden, kernel_size=kernel_size,
+                                    dropout=dropout, method=method, rng=rng, dtype=dtype)
+                         for r in self.rates]
+
+    def forward(self, x):
+        out = self.branches[0].forward(x)
+        for branch in self.branches[1:]:
+            out = out + branch.forward(x)
+        return out
+
+    def backward(self, dout):
+        dx = self.branches[0].backward(dout)
+        for branch in self.branches[1:]:
+            dx = dx + branch.backward(dout)
+        return dx
+
+    def receptive_field(self, rf=1, jump=1):
+        """The widest branch (the largest rate) sets the field of view."""
+        return max(b.receptive_field(rf, jump) for b in self.branches)

@@ -1,0 +1,59 @@
+"""Helpers for the nn tests: gradient checks of layers and models on sampled entries."""
+import numpy as np
+
+
+def scaled_error(analytic, numeric):
+    """max |a - n| / max(|a| + |n|): rounding in the central difference is absolute (about
+    1e-16·|L|/h), so entries near zero are compared on the scale of the whole gradient."""
+    a, n = np.asarray(analytic, np.float64), np.asarray(numeric, np.float64)
+    return float(np.abs(a - n).max() / max(np.abs(a).max() + np.abs(n).max(), 1e-12))
+
+
+def sampled_gradient(f, x, dout, index, h=1e-6):
+    """Central differences of ``sum(f() * dout)`` at the flat positions ``index`` of ``x``."""
+    flat = x.reshape(-1)
+    grad = np.empty(len(index))
+    for k, i in enumerate(index):
+        old = flat[i]
+        flat[i] = old + h
+        plus = np.sum(f() * dout)
+        flat[i] = old - h
+        minus = np.sum(f() * dout)
+        flat[i] = old
+        grad[k] = (plus - minus) / (2 * h)
+    return grad
+
+
+def check_module(module, x, rng, samples=None, tol=1e-6, reset=lambda: None):
+    """Check ``module.backward`` (dx and every parameter's grad) against central differences.
+
+    ``samples=None`` checks every entry, an int checks that many random entries per array.
+    ``reset()`` is called before each forward (to replay dropout masks). Returns the worst
+    :func:`scaled_error`; asserts it is below ``tol``.
+    """
+    def f():
+        reset()
+        return module.forward(x)
+
+    out = f()
+    dout = rng.standard_normal(out.shape)
+    module.zero_grad()
+    dx = module.backward(dout)
+    worst = 0.0
+    for name, array, analytic in [("x", x, dx)] + [(n, p.data, p.grad) for n, p in module.named_parameters()]:
+        n = array.size
+        index = np.arange(n) if samples is None or samples >= n else rng.choice(n, samples, replace=False)
+        numeric = sampled_gradient(f, array, dout, index)
+        err = scaled_error(analytic.reshape(-1)[index], numeric)
+        assert err < tol, f"gradient of {name}: relative error {err:.2e}"
+        worst = max(worst, err)
+    return worst
+
+
+def jitter_biases(module, rng, scale=0.1):
+    """Give every zero-initialised bias a small random value, so that no pre-activation sits
+    exactly on a ReLU's kink (where the central difference is half the one-sided slope)."""
+    for name, p in module.named_parameters():
+        if name.endswith("bias"):
+            p.data[...] = scale * rng.standard_normal(p.data.shape)
+    return module

@@ -1,0 +1,120 @@
+"""ASPP, backbones, DeepLab and multi-scale fusion: gradient checks of whole tiny models,
+the branch sum, output strides, Table 1's field-of-view and parameter columns."""
+import numpy as np
+import pytest
+
+from minilab import nn
+from nn_checks import check_module, jitter_biases
+
+
+def replay_dropout(model, seed=7):
+    """A reset for check_module: every dropout layer draws the same masks on each forward."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Dropout2d)]
+    return lambda: [setattr(m, "rng", np.random.default_rng(seed)) for m in layers]
+
+
+def test_nn_aspp_gradients_and_branch_sum(rng):
+    head = jitter_biases(nn.ASPP(4, 3, rates=(1, 2, 3), hidden=5, dropout=0.3, rng=rng, dtype=np.float64), rng)
+    x = rng.standard_normal((2, 4, 7, 7))
+    check_module(head, x, rng, reset=replay_dropout(head))
+    head.eval()
+    total = 0
+    for branch in head.branches:  # one branch at a time, summed by hand
+        total = total + branch.forward(x)
+    np.testing.assert_allclose(head.forward(x), total, atol=1e-12)
+    assert head.rates == (1, 2, 3)
+    assert [b.fc6.rate for b in head.branches] == [1, 2, 3]
+
+
+def test_nn_aspp_presets():
+    assert nn.LARGE_FOV == (12,) and nn.ASPP_S == (2, 4, 8, 12) and nn.ASPP_L == (6, 12, 18, 24)
+    head = nn.ASPP(8, 21, nn.ASPP_L, hidden=16)
+    assert list(head.state_dict())[:6] == ["branches.0.fc6.weight", "branches.0.fc6.bias", "branches.0.fc7.weight",
+                                           "branches.0.fc7.bias", "branches.0.fc8.weight", "branches.0.fc8.bias"]
+    assert head.forward(np.zeros((1, 8, 9, 9), np.float32)).shape == (1, 21, 9, 9)
+    with pytest.raises(ValueError, match="rates must be a non-empty tuple"):
+        nn.ASPP(8, 21, ())
+
+
+@pytest.mark.parametrize("preset", ["tiny-resnet-aspp", "tiny-vgg-largefov"])
+def test_nn_deeplab_gradients(preset, rng):
+    model = jitter_biases(nn.deeplab(preset, num_classes=3, dtype=np.float64, seed=3), rng)
+    x = rng.standard_normal((2, 3, 33, 33))
+    check_module(model, x, rng, samples=3, reset=replay_dropout(model))
+
+
+def test_nn_multiscale_gradients_through_the_max(rng):
+    model = jitter_biases(nn.deeplab("tiny-resnet-aspp", num_classes=3, dtype=np.float64, seed=4), rng)
+    multi = nn.MultiScale(model, scales=(0.5, 0.75, 1.0))
+    x = rng.standard_normal((1, 3, 33, 33))
+    check_module(multi, x, rng, samples=2, reset=replay_dropout(model))
+    assert [id(p) for p in multi.parameters()] == [id(p) for p in model.parameters()]
+    assert list(multi.state_dict()) == list(model.state_dict())
+
+
+def test_nn_multiscale_fuses_by_max(rng):
+    model = nn.deeplab("tiny-vgg-largefov", num_classes=3, dtype=np.float64, seed=5).eval()
+    x = rng.standard_normal((1, 3, 49, 49))
+    fused = nn.MultiScale(model, scales=(1.0, 0.5)).forward(x)
+    full = model.forward(x)
+    half = model.forward(nn.upsample_to(x, (25, 25)))
+    np.testing.assert_allclose(fused, np.maximum(full, nn.upsample_to(half, full.shape[2:])), atol=1e-12)
+    winners = nn.MultiScale(model, scales=(1.0,)).forward(x)
+    np.testing.assert_allclose(winners, full, atol=1e-12)
+
+
+def test_nn_predict_upsamples_to_the_input(rng):
+    model = nn.deeplab("tiny-resnet-aspp", num_classes=4, seed=0).eval()
+    x = rng.standard_normal((1, 3, 65, 65)).astype(np.float32)
+    scores = model.forward(x)
+    assert scores.shape == (1, 4, 9, 9)
+    full = model.predict(x)
+    assert full.shape == (1, 4, 65, 65) and full.dtype == np.float32
+    np.testing.assert_allclose(full[:, :, ::8, ::8], scores, rtol=1e-5, atol=1e-6)
+    assert nn.MultiScale(model).predict(x).shape == (1, 4, 65, 65)
+
+
+def test_nn_output_stride_and_shapes():
+    vgg = nn.deeplab("tiny-vgg-largefov", num_classes=2)
+    assert nn.output_stride(vgg) == 8
+    assert vgg.forward(np.zeros((1, 3, 321, 321), np.float32)).shape == (1, 2, 41, 41)
+    for os_ in (8, 16, 32):
+        model = nn.deeplab("tiny-resnet-aspp", num_classes=2, output_stride=os_)
+        assert nn.output_stride(model) == os_
+        assert model.forward(np.zeros((1, 3, 65, 65), np.float32)).shape[2:] == (64 // os_ + 1,) * 2
+    with pytest.raises(ValueError, match="x must have 3 channels"):
+        vgg.forward(np.zeros((1, 1, 33, 33), np.float32))
+    with pytest.raises(ValueError, match="x must have 4 dimensions"):
+        vgg.forward(np.zeros((3, 33, 33), np.float32))
+    with pytest.raises(ValueError, match="preset must be one of"):
+        nn.deeplab("resnet-9000")
+    with pytest.raises(ValueError, match="output_stride must be one of"):
+        nn.resnet(output_stride=4)
+
+
+@pytest.mark.parametrize("kernel, rate, fov", [(7, 4, 224), (4, 4, 128), (4, 8, 224), (3, 12, 224)])
+def test_nn_table1_field_of_view(kernel, rate, fov):
+    """Table 1's FOV column, from the fc6 layer of a VGG-16 DeepLab built with that fc6."""
+    model = nn.deeplab_vgg16(2, rates=(rate,), kernel_size=kernel, hidden=4, width=1 / 64)
+    fc6 = model.head.branches[0].fc6
+    assert nn.output_stride(model.backbone) == 8
+    assert nn.table1_fov(fc6.weight.shape[-1], fc6.rate, nn.output_stride(model.backbone)) == fov
+    # the theoretical receptive field adds everything below fc6: 227 pixels at pool5
+    assert nn.receptive_field(model.backbone) == 227
+    assert nn.receptive_field(model) == 227 + 8 * rate * (kernel - 1)
+
+
+def test_nn_table1_parameters():
+    """Table 1's parameter column: the real VGG-16 backbone plus fc6 (k×k, 512 → hidden),
+    fc7 (hidden → hidden) and fc8 (hidden → 21), with biases."""
+    backbone = sum(p.data.size for p in nn.vgg16_largefov().parameters())
+    assert backbone == 14_714_688  # VGG-16's 13 convolutions
+
+    def head(kernel, hidden):
+        small = nn.ASPP(512 // 64, 21, (1,), hidden // 64, kernel_size=kernel)
+        assert small.branches[0].fc6.weight.shape == (hidden // 64, 512 // 64, kernel, kernel)
+        return 512 * kernel ** 2 * hidden + hidden + hidden * hidden + hidden + hidden * 21 + 21
+
+    assert round((backbone + head(7, 4096)) / 1e6, 1) == 134.3
+    assert round((backbone + head(4, 4096)) / 1e6, 1) == 65.1
+    assert round((backbone + head(3, 1024)) / 1e6, 1) == 20.5

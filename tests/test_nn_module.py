@@ -1,0 +1,132 @@
+"""Parameter, Module, Sequential: the module tree, modes, shared copies, state dicts and
+weight files (npz, safetensors, pth), and the errors for wrong keys and shapes."""
+import numpy as np
+import pytest
+
+from minilab import nn
+
+
+def small_model(dtype=np.float64):
+    return nn.deeplab("tiny-resnet-aspp", num_classes=3, dtype=dtype, dropout=0.0, seed=1)
+
+
+def test_nn_names_follow_torchvision():
+    keys = list(small_model().backbone.state_dict())
+    for k in ["conv1.weight", "bn1.running_mean", "bn1.num_batches_tracked", "layer1.0.conv1.weight",
+              "layer1.0.bn1.running_var", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.bias",
+              "layer4.0.conv3.weight"]:
+        assert k in keys
+    vgg = nn.vgg16_largefov(width=0.125)
+    convs = [k for k in vgg.state_dict() if k.endswith(".weight")]
+    assert convs == [f"features.{i}.weight" for i in (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)]
+
+
+def test_nn_parameters_and_modes():
+    model = small_model()
+    params = model.parameters()
+    assert len(params) == len({id(p) for p in params}) == len(list(model.named_parameters()))
+    assert all(isinstance(p, nn.Parameter) for p in params)
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    model.train()
+    assert all(m.training for m in model.modules())
+    for p in params:
+        p.grad[...] = 1
+    model.zero_grad()
+    assert all(not p.grad.any() for p in params)
+
+
+def test_nn_sequential_chains_forward_and_backward(rng):
+    seq = nn.Sequential(nn.ReLU(), nn.Conv2d(2, 3, 1, rng=rng, dtype=np.float64), nn.ReLU())
+    assert len(seq) == 3 and isinstance(seq[1], nn.Conv2d)
+    x = rng.standard_normal((1, 2, 4, 4))
+    y = seq.forward(x)
+    expected = np.maximum(np.einsum("oc,nchw->nohw", seq[1].weight.data[:, :, 0, 0], np.maximum(x, 0)), 0)
+    np.testing.assert_allclose(y, expected, atol=1e-12)
+    assert seq.backward(np.ones_like(y)).shape == x.shape
+    assert list(seq.state_dict()) == ["1.weight", "1.bias"]
+
+
+def test_nn_shared_copy_shares_parameters_and_buffers(rng):
+    model = small_model()
+    twin = model.shared_copy()
+    assert [id(p) for p in twin.parameters()] == [id(p) for p in model.parameters()]
+    assert twin.backbone.bn1.running_mean is model.backbone.bn1.running_mean
+    assert twin.backbone is not model.backbone and twin.head.branches[0] is not model.head.branches[0]
+    x = rng.standard_normal((2, 3, 17, 17))
+    model.zero_grad()
+    d1 = rng.standard_normal(model.forward(x).shape)
+    model.backward(d1)
+    once = [p.grad.copy() for p in model.parameters()]
+    model.zero_grad()
+    model.forward(x)
+    twin.forward(x)
+    model.backward(d1)
+    twin.backward(d1)
+    for g, p in zip(once, model.parameters()):
+        np.testing.assert_allclose(p.grad, 2 * g, rtol=1e-10, atol=1e-14)
+
+
+def test_nn_to_casts_parameters_and_buffers():
+    model = small_model(np.float32).to(dtype=np.float64)
+    state = model.state_dict()
+    assert all(v.dtype == np.float64 for k, v in state.items() if not k.endswith("num_batches_tracked"))
+    assert state["backbone.bn1.num_batches_tracked"].dtype == np.int64
+    assert all(p.grad.dtype == np.float64 for p in model.parameters())
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".pth"])
+def test_nn_state_dict_round_trip(tmp_path, suffix, rng):
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors")
+    if suffix == ".pth":
+        pytest.importorskip("torch")
+    model = small_model()
+    x = rng.standard_normal((2, 3, 17, 17))
+    model.forward(x)  # moves the running statistics away from their initial values
+    path = tmp_path / f"weights{suffix}"
+    nn.save_weights(model.state_dict(), path)
+    other = nn.deeplab("tiny-resnet-aspp", num_classes=3, dtype=np.float64, seed=2)
+    result = other.load_state_dict(nn.load_weights(path))
+    assert result == ([], [])
+    for (k, a), (k2, b) in zip(model.state_dict().items(), other.state_dict().items()):
+        assert k == k2
+        np.testing.assert_array_equal(a, b)
+    model.eval(), other.eval()
+    np.testing.assert_array_equal(model.forward(x), other.forward(x))
+
+
+def test_nn_load_state_dict_errors_name_the_keys():
+    model = small_model()
+    state = dict(model.state_dict())
+    extra = dict(state, **{"fc.weight": np.zeros((10, 256))})
+    with pytest.raises(KeyError, match="unexpected keys \\['fc.weight'\\]"):
+        model.load_state_dict(extra)
+    assert model.load_state_dict(extra, strict=False).unexpected == ["fc.weight"]
+    partial = {k: v for k, v in state.items() if k != "head.branches.0.fc8.bias"}
+    with pytest.raises(KeyError, match="missing keys \\['head.branches.0.fc8.bias'\\]"):
+        model.load_state_dict(partial)
+    assert model.load_state_dict(partial, strict=False).missing == ["head.branches.0.fc8.bias"]
+    bad = dict(state, **{"backbone.conv1.weight": np.zeros((8, 3, 3, 3))})
+    with pytest.raises(ValueError, match="backbone.conv1.weight: expected \\(8, 3, 7, 7\\), got \\(8, 3, 3, 3\\)"):
+        model.load_state_dict(bad, strict=False)
+
+
+def test_nn_load_torchvision_style_backbone_weights(tmp_path):
+    """An ImageNet checkpoint has ``fc.*`` and no head: load it into the backbone, non-strict."""
+    model = small_model(np.float32)
+    source = nn.resnet((1, 1, 1, 1), width=8, output_stride=32, rng=5)
+    state = dict(source.state_dict(), **{"fc.weight": np.ones((1000, 256), np.float32),
+                                         "fc.bias": np.ones(1000, np.float32)})
+    nn.save_weights(state, tmp_path / "imagenet.npz")
+    result = model.backbone.load_state_dict(nn.load_weights(tmp_path / "imagenet.npz"), strict=False)
+    assert result.missing == [] and result.unexpected == ["fc.weight", "fc.bias"]
+    np.testing.assert_array_equal(model.backbone.layer4[0].conv2.weight.data,
+                                  source.layer4[0].conv2.weight.data)
+
+
+def test_nn_weight_file_errors(tmp_path):
+    with pytest.raises(ValueError, match="path must end in one of"):
+        nn.save_weights({}, tmp_path / "w.bin")
+    with pytest.raises(FileNotFoundError, match="no such weight file"):
+        nn.load_weights(tmp_path / "missing.npz")

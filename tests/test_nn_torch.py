@@ -1,0 +1,56 @@
+"""The tiny ResNet and VGG DeepLab against independently written PyTorch twins holding the
+same weights: outputs, running statistics, input gradients and every parameter gradient."""
+import numpy as np
+import pytest
+
+from minilab import nn
+
+torch = pytest.importorskip("torch")
+from minilab.nn.torch_twins import twin_of  # noqa: E402  (needs torch)
+
+
+@pytest.mark.parametrize("preset", ["tiny-resnet-aspp", "tiny-vgg-largefov"])
+def test_nn_torch_twin_same_outputs_and_gradients(preset, rng):
+    model = nn.deeplab(preset, num_classes=5, dropout=0.0, dtype=np.float64, seed=11)
+    twin = twin_of(model)
+    assert set(twin.state_dict()) == set(model.state_dict())
+    x = rng.standard_normal((2, 3, 57, 49))
+    tx = torch.from_numpy(x.copy()).requires_grad_(True)
+
+    # training mode: batch statistics, running statistics updated alike
+    y = model.forward(x)
+    ty = twin(tx)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-9, atol=1e-10)
+    dout = rng.standard_normal(y.shape)
+    model.zero_grad()
+    dx = model.backward(dout)
+    ty.backward(torch.from_numpy(dout))
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-8, atol=1e-10)
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    for name, p in twin.named_parameters():
+        np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-8, atol=1e-10, err_msg=name)
+    for name, value in twin.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[name], value.numpy(), rtol=1e-12, err_msg=name)
+
+    # evaluation mode: running statistics
+    model.eval(), twin.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(model.forward(x), twin(torch.from_numpy(x)).numpy(), rtol=1e-9, atol=1e-10)
+
+
+def test_nn_torch_weights_load_into_minilab(rng, tmp_path):
+    """The other direction: a torch model's state_dict, saved as .pth, loads by name."""
+    model = nn.deeplab("tiny-resnet-aspp", num_classes=3, dropout=0.0, seed=1).eval()
+    twin = twin_of(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.normal_(0, 0.1)
+        for name, b in twin.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 2)
+    twin.eval()
+    torch.save(twin.state_dict(), tmp_path / "twin.pth")
+    model.load_state_dict(nn.load_weights(tmp_path / "twin.pth"))
+    x = rng.standard_normal((1, 3, 41, 41)).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(model.forward(x), twin(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,115 @@
+"""Unary and pairwise potentials of the fully connected CRF (DeepLab §3.3, eq. 2-3).
+
+The energy of a labelling x is
+
+    E(x) = Σ_i θ_i(x_i) + Σ_{i<j} θ_ij(x_i, x_j)                                  (eq. 2)
+
+with the unary θ_i(x_i) = −log P(x_i) taken from the network's probabilities and the
+pairwise term
+
+    θ_ij = μ(x_i, x_j) [ w1 exp(−|p_i−p_j|²/2σα² − |I_i−I_j|²/2σβ²)
+                       + w2 exp(−|p_i−p_j|²/2σγ²) ]                              (eq. 3)
+
+with Potts μ = [x_i ≠ x_j]. Scaling positions and colours by their σ turns each Gaussian
+into exp(−½|f_i − f_j|²) of a *feature vector* f: this module builds those features, one
+row per pixel in row-major order (pixel n = row·W + column).
+"""
+import numpy as np
+
+from .. import backend, validate
+
+# Probabilities are clipped here before the logarithm so that a zero gives a large finite
+# unary instead of infinity.
+PROB_FLOOR = np.float32(1e-10)
+
+
+def check_image(image):
+    """Check an ``H×W×3`` uint8 photo or ``H×W×F`` float feature image; return it."""
+    if not (isinstance(image, np.ndarray) or backend.is_gpu_array(image)):
+        raise TypeError(f"image must be a NumPy or CuPy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] < 1:
+        raise ValueError(f"image must be H×W×3 (uint8) or H×W×F (float), got shape {tuple(image.shape)}")
+    if image.dtype != np.uint8:
+        if image.dtype not in validate.FLOATS:
+            raise TypeError(f"image must be uint8 (a photo) or float32/float64 (features), got dtype {image.dtype}")
+        validate.float_array("image", image, ndim=3)
+    return image
+
+
+def check_probs(probs, tolerance=1e-3):
+    """Check a ``C×H×W`` probability map: float, C >= 2, finite, >= 0, pixels summing to 1."""
+    validate.float_array("probs", probs, ndim=3)
+    if probs.shape[0] < 2:
+        raise ValueError(f"probs must have at least 2 labels (C×H×W with C >= 2), got shape {tuple(probs.shape)}")
+    xp = backend.array_module(probs)
+    if bool((probs < 0).any()):
+        raise ValueError("probs must be >= 0 (probabilities), got negative values")
+    worst = float(xp.abs(probs.sum(axis=0) - 1).max())
+    if worst > tolerance:
+        raise ValueError(f"probs must sum to 1 over labels at every pixel (axis 0), "
+                         f"got sums off by up to {worst:.3g}; apply a softmax first")
+    return probs
+
+
+def spatial_features(shape, sigma_gamma):
+    """Smoothness-kernel features f = (x/σγ, y/σγ), x the column and y the row.
+
+    Parameters
+    ----------
+    shape : (H, W)
+    sigma_gamma : float > 0
+        σγ of eq. (3); pydensecrf's ``addPairwiseGaussian(sxy=σγ)``.
+
+    Returns
+    -------
+    features : (H·W, 2) float32 NumPy array, pixel n = row·W + column.
+    """
+    sigma_gamma = validate.positive("sigma_gamma", sigma_gamma)
+    h, w = validate.pair("shape", shape, minimum=1)
+    return _positions(h, w, np.float32(sigma_gamma))
+
+
+def bilateral_features(image, sigma_alpha, sigma_beta):
+    """Appearance-kernel features f = (x/σα, y/σα, I/σβ) of eq. (3).
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8 photo (channels 0..255) or (H, W, F) float features
+        NumPy or CuPy; the result lives on the same device.
+    sigma_alpha, sigma_beta : float > 0
+        σα (position) and σβ (colour); pydensecrf's
+        ``addPairwiseBilateral(sxy=σα, srgb=σβ)``.
+
+    Returns
+    -------
+    features : (H·W, 2 + F) float32, pixel n = row·W + column. Computed in float32 as
+        the reference C++ code does (``i / sx``, ``r / sr``), so lattices built from it
+        match the reference's bit for bit.
+    """
+    check_image(image)
+    sigma_alpha = validate.positive("sigma_alpha", sigma_alpha)
+    sigma_beta = validate.positive("sigma_beta", sigma_beta)
+    xp = backend.array_module(image)
+    h, w, f = image.shape
+    out = xp.empty((h * w, 2 + f), dtype=np.float32)
+    out[:, :2] = xp.asarray(_positions(h, w, np.float32(sigma_alpha)))
+    out[:, 2:] = image.reshape(h * w, f).astype(np.float32) / np.float32(sigma_beta)
+    return out
+
+
+def _positions(h, w, sigma):
+    """(H·W, 2) float32 of (column/σ, row/σ)."""
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.stack([cols.ravel() / sigma, rows.ravel() / sigma], axis=1)
+
+
+def log_probs(probs):
+    """``−θ_i = log P`` as an ``N×C`` float32 array (pixel-major), probabilities clipped at 1e-10.
+
+    ``probs`` is ``C×H×W``; the result is laid out pixel by pixel (all labels of a pixel
+    contiguous), the layout every filter in :mod:`minilab.crf` works on.
+    """
+    xp = backend.array_module(probs)
+    c = probs.shape[0]
+    p = probs.reshape(c, -1).T.astype(np.float32)
+    return xp.log(xp.maximum(p, PROB_FLOOR))

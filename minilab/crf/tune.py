@@ -1,0 +1,132 @@
+"""Cross-validating the CRF parameters, coarse to fine (paper §4.1).
+
+The paper fixes the smoothness kernel (w2 = 3, σγ = 3) and picks the appearance kernel's
+w1, σα and σβ by grid search on held-out images, maximising mean IoU: first a coarse grid,
+w1 ∈ {3, 4, 5, 6}, σα ∈ {30, 40, …, 100}, σβ ∈ {3, 4, 5, 6}, then finer steps around the
+best point. :func:`cross_validate` does exactly that over a list of (image, probs, labels)
+triples, pooling one confusion matrix over all of them per parameter setting (the VOC way:
+counts added over images, not scores averaged).
+"""
+import itertools
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .. import metrics, validate
+from . import dense_crf, map_labels
+
+# The setting of the released DeepLab-CRF-LargeFOV model (bilateral compat 5, sxy 50,
+# srgb 3; Gaussian compat 3, sxy 3), inside the paper's search range.
+DEEPLAB_PARAMS = dict(w1=5.0, sigma_alpha=50.0, sigma_beta=3.0, w2=3.0, sigma_gamma=3.0)
+
+# The paper's first-round grid (§4.1).
+COARSE_GRID = dict(w1=(3.0, 4.0, 5.0, 6.0),
+                   sigma_alpha=tuple(float(s) for s in range(30, 101, 10)),
+                   sigma_beta=(3.0, 4.0, 5.0, 6.0))
+
+# Second-round steps: half the first round's, one step either side of the best point.
+FINE_STEPS = dict(w1=0.5, sigma_alpha=5.0, sigma_beta=0.5)
+
+NAMES = ("w1", "sigma_alpha", "sigma_beta")
+
+
+def score(samples, *, w1, sigma_alpha, sigma_beta, w2=3.0, sigma_gamma=3.0, iterations=10,
+          method="lattice", ignore_index=255, **crf_options):
+    """Mean IoU of the CRF's MAP labels over ``samples``, one confusion matrix pooled over all.
+
+    Parameters
+    ----------
+    samples : sequence of (image, probs, labels)
+        image H×W×3 uint8, probs C×H×W float (the DCNN's probabilities), labels H×W int with
+        ``ignore_index`` for unlabelled pixels. C must be the same for every sample.
+    w1, sigma_alpha, sigma_beta, w2, sigma_gamma, iterations, method, **crf_options
+        Passed to :func:`minilab.crf.dense_crf`.
+
+    Returns
+    -------
+    float : mean IoU (:func:`minilab.metrics.mean_iou`).
+    """
+    conf = 0
+    for image, probs, labels in samples:
+        q = dense_crf(image, probs, iterations=iterations, w1=w1, sigma_alpha=sigma_alpha,
+                      sigma_beta=sigma_beta, w2=w2, sigma_gamma=sigma_gamma, method=method,
+                      **crf_options)
+        conf = conf + metrics.confusion_matrix(map_labels(q), labels, probs.shape[0], ignore_index)
+    return metrics.mean_iou(conf)
+
+
+def grid_search(samples, grid, *, progress=True, desc="grid", table=None, **options):
+    """Score every combination of ``grid`` (a dict ``name -> values`` over w1, σα, σβ).
+
+    Settings already in ``table`` (a list of rows from an earlier call) are not scored
+    again. Returns the list of rows, ``table`` extended: one dict per setting with the
+    three parameters, ``"miou"`` and ``"stage"`` (``desc``). ``options`` go to :func:`score`.
+    """
+    for name in grid:
+        validate.choice("grid key", name, NAMES)
+    table = [] if table is None else table
+    done = {tuple(row[n] for n in NAMES) for row in table}
+    settings = [s for s in itertools.product(*(grid[n] for n in NAMES)) if s not in done]
+    for setting in tqdm(settings, desc=desc, unit="setting", disable=not progress):
+        params = dict(zip(NAMES, setting))
+        table.append(dict(params, miou=score(samples, **params, **options), stage=desc))
+    return table
+
+
+def best_row(table):
+    """The row with the highest mean IoU (the first one on a tie)."""
+    return max(table, key=lambda row: row["miou"])
+
+
+def cross_validate(samples, *, coarse=COARSE_GRID, fine_steps=FINE_STEPS, rounds=1,
+                   w2=3.0, sigma_gamma=3.0, iterations=10, method="lattice", progress=True,
+                   **crf_options):
+    """The paper's coarse-to-fine search for w1, σα, σβ (§4.1), w2 and σγ held fixed.
+
+    Round 0 scores every point of ``coarse``. Each of the next ``rounds`` rounds scores the
+    3×3×3 neighbourhood ``best ± step`` of the best point so far (values ≤ 0 dropped), then
+    halves the steps. Settings are never scored twice.
+
+    Parameters
+    ----------
+    samples : sequence of (image H×W×3 uint8, probs C×H×W float, labels H×W int)
+    coarse : dict name -> sequence of values
+        The first-round grid; default :data:`COARSE_GRID` (the paper's).
+    fine_steps : dict name -> float
+        First refinement steps; default :data:`FINE_STEPS`.
+    rounds : int >= 0
+        Number of refinement rounds (0: the coarse grid alone).
+    w2, sigma_gamma, iterations, method, **crf_options
+        Fixed arguments of :func:`minilab.crf.dense_crf` (the paper: 3, 3, 10).
+    progress : bool
+        Show a tqdm progress bar per round.
+
+    Returns
+    -------
+    best : dict
+        ``w1, sigma_alpha, sigma_beta, w2, sigma_gamma`` of the best setting, ready for
+        ``dense_crf(image, probs, **best)``.
+    table : list of dict
+        Every setting scored, in order: the three parameters, ``"miou"`` and ``"stage"``
+        (``"coarse"``, ``"fine 1"``, …).
+    """
+    rounds = validate.integer("rounds", rounds, minimum=0)
+    if len(samples) == 0:
+        raise ValueError("samples must hold at least one (image, probs, labels) triple")
+    for name in NAMES:
+        if name not in coarse or len(coarse[name]) == 0:
+            raise ValueError(f"coarse must give at least one value for each of {NAMES}, missing {name!r}")
+        validate.positive(f"fine_steps[{name!r}]", fine_steps[name])
+    options = dict(w2=w2, sigma_gamma=sigma_gamma, iterations=iterations, method=method,
+                   progress=progress, **crf_options)
+    table = grid_search(samples, coarse, desc="coarse", **options)
+    steps = dict(fine_steps)
+    for r in range(1, rounds + 1):
+        best = best_row(table)
+        grid = {n: [v for v in np.round(best[n] + steps[n] * np.array([-1.0, 0.0, 1.0]), 6) if v > 0]
+                for n in NAMES}
+        grid_search(samples, {n: [float(v) for v in vs] for n, vs in grid.items()},
+                    desc=f"fine {r}", table=table, **options)
+        steps = {n: s / 2 for n, s in steps.items()}
+    best = best_row(table)
+    return dict({n: best[n] for n in NAMES}, w2=w2, sigma_gamma=sigma_gamma), table

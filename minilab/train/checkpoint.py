@@ -59,3 +59,40 @@ def load_checkpoint(path):
         model = {k[6:]: f[k] for k in f.files if k.startswith("model/")}
         optimizer = {k[10:]: f[k] for k in f.files if k.startswith("optimizer/")}
     return model, optimizer, meta
+
+
+#: Model builders a checkpoint may name in its ``model_spec`` (functions of :mod:`minilab.nn`).
+BUILDERS = ("deeplab_vgg16", "deeplab_resnet")
+
+
+def model_spec(builder, num_classes, **kwargs):
+    """A JSON-able description of a model: ``{"builder": name, "num_classes": C, "kwargs": {...}}``."""
+    if builder not in BUILDERS:
+        raise ValueError(f"builder must be one of {BUILDERS}, got {builder!r}")
+    return {"builder": builder, "num_classes": int(num_classes),
+            "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
+
+
+def build_model(spec):
+    """The (freshly initialised) model a :func:`model_spec` describes."""
+    from .. import nn
+    if not isinstance(spec, dict) or spec.get("builder") not in BUILDERS:
+        raise ValueError(f"model spec must name a builder in {BUILDERS}, got {spec!r}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("kwargs", {}).items()}
+    return getattr(nn, spec["builder"])(spec["num_classes"], **kwargs)
+
+
+def load_model(path, device="cpu"):
+    """Rebuild the model saved in a checkpoint, with its weights, in eval mode.
+
+    Returns ``(model, meta)``; ``meta["config"]`` holds the ``mean`` and ``input_scale``
+    the model expects (see :func:`minilab.train.evaluate.predict_probs`).
+    """
+    model_state, _, meta = load_checkpoint(path)
+    if not meta.get("model_spec"):
+        raise ValueError(f"checkpoint {path} does not say how to build its model (no model_spec)")
+    model = build_model(meta["model_spec"])
+    model.load_state_dict(model_state)
+    if device != "cpu":
+        model.to(device)
+    return model.eval(), meta

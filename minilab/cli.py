@@ -198,8 +198,8 @@ DATA_HELP = ("what to train or evaluate on: 'synthetic' (generated shapes, 5 cla
 
 
 def _set_threads(n):
-    import numba
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    from .train import limit_threads
+    limit_threads(n).__enter__()  # for the rest of the command
 
 
 def add_demo(subparsers):

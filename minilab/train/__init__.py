@@ -4,8 +4,8 @@ from .checkpoint import build_model, load_checkpoint, load_model, model_spec, sa
 from .evaluate import evaluate, predict_probs
 from .optim import SGD
 from .policies import POLICIES, learning_rate, poly_lr, step_lr
-from .trainer import Trainer, TrainConfig, TrainingDiverged, param_groups
+from .trainer import Trainer, TrainConfig, TrainingDiverged, limit_threads, param_groups
 
 __all__ = ["POLICIES", "SGD", "TrainConfig", "Trainer", "TrainingDiverged", "build_model", "evaluate",
-           "learning_rate", "load_checkpoint", "load_model", "model_spec", "param_groups", "poly_lr",
+           "learning_rate", "limit_threads", "load_checkpoint", "load_model", "model_spec", "param_groups", "poly_lr",
            "predict_probs", "save_checkpoint", "step_lr"]

@@ -11,6 +11,7 @@ generator seeded by ``config.seed``; dropout layers keep their own generators. A
 stores all of these states with the weights and momentum buffers, so training resumed from
 it produces, on the CPU, bit-for-bit the weights an uninterrupted run would.
 """
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -186,29 +187,44 @@ class Trainer:
         return backend.to_device(x, self.device), backend.to_device(labels, self.device)
 
     def train_step(self):
-        """One SGD iteration; returns the loss. Raises :class:`TrainingDiverged` on a non-finite loss."""
+        """One SGD iteration; returns the loss.
+
+        Raises :class:`TrainingDiverged` when the loss (or an activation on the way to it) is
+        not finite, before any weight is updated with it, or when an update leaves a weight
+        non-finite. Either way the checkpoint on disk is the last good state.
+        """
         x, labels = self.next_batch()
         self.model.train()
         self.optimizer.zero_grad()
-        logits = self.model.forward(x)
-        target = downsample_labels(labels, size=logits.shape[-2:])
-        loss, cache = softmax_cross_entropy_forward(logits, target, ignore_index=255)
-        loss = float(loss)
         lr = self.lr()
+        try:
+            logits = self.model.forward(x)
+            target = downsample_labels(labels, size=logits.shape[-2:])
+            loss, cache = softmax_cross_entropy_forward(logits, target, ignore_index=255)
+            loss = float(loss)
+        except ValueError as error:  # a layer refused a non-finite input: activations overflowed
+            if "NaN or infinity" not in str(error):
+                raise
+            loss = float("nan")
         if not math.isfinite(loss):
-            kept = (f"the last good checkpoint is {self.checkpoint}" if self.checkpoint and self.checkpoint.exists()
-                    else "no checkpoint was written yet")
-            raise TrainingDiverged(
-                f"training stopped: the loss became {loss} at iteration {self.iteration} (learning rate "
-                f"{lr:.3g}); the weights were not updated with it and {kept}. Lower base_lr "
-                f"(now {self.config.base_lr}) or check the data (labels 0..C-1 and 255, finite images).")
+            raise self._diverged(f"the loss became {loss}", lr)
         self.model.backward(softmax_cross_entropy_backward(1.0, cache))
         self.optimizer.step(lr)
+        if not all(bool(backend.array_module(p.data).isfinite(p.data).all()) for p in self.optimizer.parameters()):
+            raise self._diverged("an update made the weights non-finite", lr)
         self.iteration += 1
         self.history["iteration"].append(self.iteration)
         self.history["loss"].append(loss)
         self.history["lr"].append(lr)
         return loss
+
+    def _diverged(self, what, lr):
+        kept = (f"the last good checkpoint is {self.checkpoint}" if self.checkpoint and self.checkpoint.exists()
+                else "no checkpoint was written yet")
+        return TrainingDiverged(
+            f"training stopped: {what} at iteration {self.iteration} (learning rate {lr:.3g}); {kept}. "
+            f"Lower base_lr (now {self.config.base_lr}) or check the data (labels 0..C-1 and 255, "
+            "finite images).")
 
     def validate(self):
         """Evaluate on ``val_set`` (before and, with ``crf``, after the CRF); appended to the history."""
@@ -277,6 +293,30 @@ class Trainer:
                 generators[name].bit_generator.state = state
         self.history = meta["history"]
         return meta
+
+
+@contextlib.contextmanager
+def limit_threads(n):
+    """Run the enclosed code with at most ``n`` Numba threads (and ``n`` BLAS threads when
+    ``threadpoolctl`` is installed); the previous settings come back afterwards.
+
+    Tiny models train fastest on one thread: their kernels are too small to share, and on
+    a busy machine threads that wait for each other cost several-fold.
+    """
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(validate.integer("n", n, 1), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        blas = contextlib.nullcontext()
+    else:
+        blas = threadpool_limits(n, user_api="blas")
+    try:
+        with blas:
+            yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def _jsonable(value):

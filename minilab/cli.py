@@ -219,6 +219,8 @@ def add_demo(subparsers):
     p.add_argument("--quick", action="store_true",
                    help="a small run (150 iterations, 10 test images, under a minute) to check the installation; "
                         "its scores are low")
+    p.add_argument("--size", type=int, default=81,
+                   help="scene side in pixels (default 81; 8k+1 fits the stride-8 score map)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model, the data and the sampling")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the Numba kernels (default 1)")
     p.set_defaults(run=run_demo)
@@ -229,7 +231,7 @@ def run_demo(args):
 
     _set_threads(args.threads)
     iterations, test_images = (150, 10) if args.quick else (args.iterations, args.test_images)
-    report = demo(args.out, iterations=iterations, val_images=test_images, seed=args.seed,
+    report = demo(args.out, iterations=iterations, val_images=test_images, size=args.size, seed=args.seed,
                   log=lambda m: print(m, file=sys.stderr))
     print(f"wrote {args.out}/segmentations.png, training.png, report.md, report.json, model.npz "
           f"({report['total_seconds']} s)")

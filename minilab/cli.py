@@ -214,7 +214,7 @@ def add_demo(subparsers):
             "after the CRF."),
         epilog="example: minilab demo --out demo-out      (quick check: minilab demo --out /tmp/d --quick)")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out)")
-    p.add_argument("--iterations", type=int, default=1500, help="SGD iterations (default 1500)")
+    p.add_argument("--iterations", type=int, default=2500, help="SGD iterations (default 2500)")
     p.add_argument("--test-images", type=int, default=60, help="held-out scenes to evaluate on (default 60)")
     p.add_argument("--quick", action="store_true",
                    help="a small run (150 iterations, 10 test images, under a minute) to check the installation; "

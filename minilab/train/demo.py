@@ -29,14 +29,14 @@ DEMO_CRF = dict(iterations=10, w1=5.0, sigma_alpha=10.0, sigma_beta=10.0, w2=3.0
 DEMO_SIZE = 81
 
 
-def demo_config(iterations=1500, seed=0, **overrides):
-    """The demo's training settings (poly, lr 0.01, batch 8, whole 81×81 scenes)."""
-    return TrainConfig(**{**dict(iterations=iterations, batch_size=8, crop_size=DEMO_SIZE, base_lr=0.01,
+def demo_config(iterations=2500, seed=0, **overrides):
+    """The demo's training settings (poly, lr 0.01, batch 4, whole 81×81 scenes)."""
+    return TrainConfig(**{**dict(iterations=iterations, batch_size=4, crop_size=DEMO_SIZE, base_lr=0.01,
                                  scale_range=None, mean=(128.0, 128.0, 128.0), input_scale=1 / 64,
                                  seed=seed), **overrides})
 
 
-def run_demo(out, *, iterations=1500, val_images=60, size=DEMO_SIZE, seed=0, progress=True, log=print):
+def run_demo(out, *, iterations=2500, val_images=60, size=DEMO_SIZE, seed=0, progress=True, log=print):
     """Train, evaluate with and without the CRF, and write the results to the folder ``out``.
 
     Writes ``out/segmentations.png`` (image / ground truth / before CRF / after CRF),

@@ -2,13 +2,25 @@
 DeepLab score map, and the pooling, normalisation, activation and loss layers at DeepLab-VGG
 sizes. Forward and forward+backward, interleaved medians, ratio = minilab / torch.
 
-    PYTHONPATH=. python benchmarks/bench_ops.py
-"""
-import numpy as np
-import torch
+    PYTHONPATH=. python benchmarks/bench_ops.py [--threads N]
 
-from common import interleaved_ms, write_results
-from minilab.ops import activations, interp, loss, norm, pool
+``--threads N`` (default 2) sets the threads of NumPy's BLAS, Numba and torch alike; on a
+busy machine ``--threads 1`` gives the steadier ratio.
+"""
+import argparse
+import os
+
+PARSER = argparse.ArgumentParser(description="Time the network ops against torch on the CPU.")
+PARSER.add_argument("--threads", type=int, default=2, help="threads for BLAS, Numba and torch")
+THREADS = PARSER.parse_args().threads if __name__ == "__main__" else 2
+for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[var] = str(THREADS)  # before NumPy, Numba and torch start their thread pools
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from common import interleaved_ms, write_results  # noqa: E402
+from minilab.ops import activations, interp, loss, norm, pool  # noqa: E402
 
 F = torch.nn.functional
 
@@ -46,12 +58,13 @@ def cases(rng):
                      interp.bilinear_resize_backward, score, up_dout),
                *theirs(lambda t: F.interpolate(t, size=(513, 513), mode="bilinear", align_corners=ac),
                        score, up_dout))
-    yield ("max_pool 3x3 s2 p1 1x64x321x321",
-           *ours(lambda x: pool.max_pool2d_forward(x, 3, 2, 1), pool.max_pool2d_backward, feat),
-           *theirs(lambda t: F.max_pool2d(t, 3, 2, 1), feat))
-    yield ("max_pool 3x3 s1 p1 1x512x41x41",
-           *ours(lambda x: pool.max_pool2d_forward(x, 3, 1, 1), pool.max_pool2d_backward, feat2),
-           *theirs(lambda t: F.max_pool2d(t, 3, 1, 1), feat2))
+    for method in pool.METHODS:
+        yield (f"max_pool 3x3 s2 p1 1x64x321x321 method={method}",
+               *ours(lambda x: pool.max_pool2d_forward(x, 3, 2, 1, method=method), pool.max_pool2d_backward, feat),
+               *theirs(lambda t: F.max_pool2d(t, 3, 2, 1), feat))
+        yield (f"max_pool 3x3 s1 p1 1x512x41x41 method={method}",
+               *ours(lambda x: pool.max_pool2d_forward(x, 3, 1, 1, method=method), pool.max_pool2d_backward, feat2),
+               *theirs(lambda t: F.max_pool2d(t, 3, 1, 1), feat2))
     yield ("relu 1x64x321x321", *ours(activations.relu_forward, activations.relu_backward, feat),
            *theirs(torch.relu, feat))
     yield ("batch_norm train 4x256x41x41",
@@ -68,15 +81,19 @@ def cases(rng):
 
 
 def main():
-    torch.set_num_threads(2)
+    threads = THREADS
+    torch.set_num_threads(threads)
     rows = []
     for name, f, fb, tf, tfb in cases(np.random.default_rng(0)):
         t = interleaved_ms({"f": f, "fb": fb, "tf": tf, "tfb": tfb}, repeat=15, warmup=2)
         rows.append({"op": name, "minilab fwd ms": t["f"], "torch fwd ms": t["tf"],
                      "fwd ratio": t["f"] / t["tf"], "minilab fwd+bwd ms": t["fb"],
                      "torch fwd+bwd ms": t["tfb"], "fwd+bwd ratio": t["fb"] / t["tfb"]})
-    write_results("ops", rows, notes="float32, CPU, torch with 2 threads; medians of 15 interleaved runs; "
-                  "ratio = minilab time / torch time (below 1: minilab faster).")
+    load = os.getloadavg()[0]
+    write_results(f"ops_{threads}thread", rows,
+                  notes=f"float32, CPU, {threads} thread(s) for BLAS, Numba and torch alike; medians of 15 "
+                  f"interleaved runs; ratio = minilab time / torch time (below 1: minilab faster). "
+                  f"Load average at the end of the run: {load:.1f} (a shared machine).")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ from hypothesis import given, settings, strategies as st
 
 from minilab import backend
 from minilab.gradcheck import numerical_gradient, relative_error
-from minilab.ops.pool import max_pool2d_backward, max_pool2d_forward
+from minilab.ops import pool
+from minilab.ops.pool import METHODS, max_pool2d_backward, max_pool2d_forward
 
 # (kernel, stride, padding): DeepLab-VGG's two pools, a plain 2×2 one, non-square ones
 CONFIGS = [(3, 2, 1), (3, 1, 1), (2, 2, 0), ((3, 2), (2, 1), (1, 0)), (4, 3, 2), (1, 1, 0)]
@@ -42,11 +43,12 @@ def loop_pool(x, kernel, stride, padding, ceil_mode, dout):
     return out, dx
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("kernel, stride, padding", CONFIGS)
-def test_matches_loop_reference(kernel, stride, padding, ceil_mode, rng):
+def test_matches_loop_reference(kernel, stride, padding, ceil_mode, method, rng):
     x = rng.standard_normal((2, 3, 9, 10))
-    out, cache = max_pool2d_forward(x, kernel, stride, padding, ceil_mode=ceil_mode)
+    out, cache = max_pool2d_forward(x, kernel, stride, padding, ceil_mode=ceil_mode, method=method)
     dout = rng.standard_normal(out.shape)
     ref_out, ref_dx = loop_pool(x, kernel, stride, padding, ceil_mode, dout)
     np.testing.assert_array_equal(out, ref_out)
@@ -63,19 +65,21 @@ def test_random_shapes_and_ties_match_loop_reference(h, w, k, s, p, ceil_mode, l
         return
     g = np.random.default_rng(seed)
     x = g.integers(0, levels, size=(1, 2, h, w)).astype(np.float64)  # levels=3: many ties
-    out, cache = max_pool2d_forward(x, k, s, p, ceil_mode=ceil_mode)
-    dout = g.standard_normal(out.shape)
-    ref_out, ref_dx = loop_pool(x, k, s, p, ceil_mode, dout)
-    np.testing.assert_array_equal(out, ref_out)
-    np.testing.assert_allclose(max_pool2d_backward(dout, cache), ref_dx, rtol=1e-14, atol=1e-14)
+    for method in METHODS:
+        out, cache = max_pool2d_forward(x, k, s, p, ceil_mode=ceil_mode, method=method)
+        dout = g.standard_normal(out.shape)
+        ref_out, ref_dx = loop_pool(x, k, s, p, ceil_mode, dout)
+        np.testing.assert_array_equal(out, ref_out)
+        np.testing.assert_allclose(max_pool2d_backward(dout, cache), ref_dx, rtol=1e-14, atol=1e-14)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("kernel, stride, padding", CONFIGS)
-def test_matches_torch(kernel, stride, padding, ceil_mode, rng):
+def test_matches_torch(kernel, stride, padding, ceil_mode, method, rng):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((2, 3, 12, 11)).astype(np.float32)
-    out, cache = max_pool2d_forward(x, kernel, stride, padding, ceil_mode=ceil_mode)
+    out, cache = max_pool2d_forward(x, kernel, stride, padding, ceil_mode=ceil_mode, method=method)
     tx = torch.from_numpy(x).requires_grad_()
     ty = torch.nn.functional.max_pool2d(tx, kernel, stride, padding, ceil_mode=ceil_mode)
     np.testing.assert_array_equal(out, ty.detach().numpy())
@@ -84,18 +88,20 @@ def test_matches_torch(kernel, stride, padding, ceil_mode, rng):
     np.testing.assert_allclose(max_pool2d_backward(dout, cache), tx.grad.numpy(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kernel, stride, padding", CONFIGS[:3])
-def test_gradient_check(kernel, stride, padding, rng):
+def test_gradient_check(kernel, stride, padding, method, rng):
     x = rng.permutation(2 * 2 * 7 * 8).reshape(2, 2, 7, 8) / 224.0  # distinct: no ties
-    out, cache = max_pool2d_forward(x, kernel, stride, padding)
+    out, cache = max_pool2d_forward(x, kernel, stride, padding, method=method)
     dout = rng.standard_normal(out.shape)
-    num = numerical_gradient(lambda: max_pool2d_forward(x, kernel, stride, padding)[0], x, dout)
+    num = numerical_gradient(lambda: max_pool2d_forward(x, kernel, stride, padding, method=method)[0], x, dout)
     assert relative_error(max_pool2d_backward(dout, cache), num) < 1e-6
 
 
-def test_ties_go_to_the_first_pixel_and_padding_never_wins():
+@pytest.mark.parametrize("method", METHODS)
+def test_ties_go_to_the_first_pixel_and_padding_never_wins(method):
     x = -np.ones((1, 1, 3, 3), dtype=np.float32)  # all equal, all below the padding's 0
-    out, cache = max_pool2d_forward(x, 3, 3, 1)
+    out, cache = max_pool2d_forward(x, 3, 3, 1, method=method)
     np.testing.assert_array_equal(out, -1)
     dx = max_pool2d_backward(np.ones_like(out), cache)
     np.testing.assert_array_equal(dx, [[[[1, 0, 0], [0, 0, 0], [0, 0, 0]]]])
@@ -125,6 +131,8 @@ def test_bad_inputs():
         max_pool2d_forward(x, 2, ceil_mode=1)
     with pytest.raises(ValueError, match="x must have 4 dimensions"):
         max_pool2d_forward(x[0], 2)
+    with pytest.raises(ValueError, match="method must be one of"):
+        max_pool2d_forward(x, 2, method="fast")
     with pytest.raises(ValueError, match="NaN"):
         max_pool2d_forward(np.full_like(x, np.nan), 2)
     out, cache = max_pool2d_forward(x, 2)
@@ -134,13 +142,42 @@ def test_bad_inputs():
         max_pool2d_backward(np.zeros(out.shape, np.float64), cache)
 
 
+def test_non_contiguous_input(rng):
+    x = rng.standard_normal((3, 2, 9, 8)).transpose(1, 0, 3, 2)  # a view, not C-ordered
+    out, cache = max_pool2d_forward(x, 3, 2, 1)
+    ref, ref_cache = max_pool2d_forward(np.ascontiguousarray(x), 3, 2, 1, method="xp")
+    np.testing.assert_array_equal(out, ref)
+    dout = rng.standard_normal(out.shape)[..., ::-1]  # a reversed view
+    np.testing.assert_allclose(max_pool2d_backward(dout, cache), max_pool2d_backward(dout, ref_cache),
+                               rtol=1e-14)  # overlapping windows: sums in another order
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 2, 1), (3, 1, 1), ((3, 2), (2, 1), (1, 0))])
+def test_cuda_kernels_match_the_cpu_kernels(kernel, stride, padding, rng):
+    """The @cuda.jit twins, launched on NumPy arrays (CUDA simulator) or on a real GPU."""
+    x = rng.integers(0, 4, size=(2, 2, 9, 8)).astype(np.float32)  # ties included
+    out, (_, arg, _, _, geometry) = max_pool2d_forward(x, kernel, stride, padding)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    dx = max_pool2d_backward(dout, ("numba", arg, x.shape, x.dtype, geometry))
+    planes = x.reshape(4, 9, 8)
+    gout, garg = np.empty((4,) + out.shape[2:], np.float32), np.empty((4,) + out.shape[2:], np.int32)
+    pool._forward_cuda(planes, *geometry, gout, garg)
+    np.testing.assert_array_equal(gout, out.reshape(gout.shape))
+    np.testing.assert_array_equal(garg, arg.reshape(garg.shape))
+    gdx = np.empty((4, 9, 8), np.float32)
+    pool._backward_cuda(dout.reshape(gout.shape), garg, *geometry, gdx)
+    np.testing.assert_allclose(gdx, dx.reshape(gdx.shape), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.gpu
-def test_cupy_matches_numpy(rng):
+@pytest.mark.parametrize("method", METHODS)
+def test_cupy_matches_numpy(method, rng):
     cp = backend.cupy
     x = rng.standard_normal((2, 3, 13, 12)).astype(np.float32)
     for kernel, stride, padding in CONFIGS:
         out, cache = max_pool2d_forward(x, kernel, stride, padding)
-        gout, gcache = max_pool2d_forward(cp.asarray(x), kernel, stride, padding)
+        gout, gcache = max_pool2d_forward(cp.asarray(x), kernel, stride, padding, method=method)
         np.testing.assert_array_equal(cp.asnumpy(gout), out)
         dout = rng.standard_normal(out.shape).astype(np.float32)
         np.testing.assert_allclose(cp.asnumpy(max_pool2d_backward(cp.asarray(dout), gcache)),

@@ -26,18 +26,19 @@ def relu_forward(x):
     Returns
     -------
     out : ndarray, like ``x``
-    cache : the boolean mask ``x > 0`` and the dtype
+    cache : ``out`` itself (``x > 0`` exactly where ``out > 0``), so ``out`` must not be
+        modified in place before the backward pass
     """
     validate.float_array("x", x)
-    xp = backend.array_module(x)
-    return xp.maximum(x, 0), (x > 0, x.dtype)
+    out = backend.array_module(x).maximum(x, 0)
+    return out, out
 
 
 def relu_backward(dout, cache):
     """``dx = dout`` where ``x > 0``, else 0 (the subgradient 0 is taken at ``x = 0``)."""
-    mask, dtype = cache
-    upstream_gradient(dout, mask.shape, dtype)
-    return backend.array_module(dout, mask).where(mask, dout, 0)
+    out = cache
+    upstream_gradient(dout, out.shape, out.dtype)
+    return backend.array_module(dout, out).where(out > 0, dout, 0)
 
 
 def softmax_forward(x):

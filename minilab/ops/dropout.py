@@ -36,7 +36,7 @@ def dropout_forward(x, p, rng, *, training=True, channelwise=False):
 
     Returns
     -------
-    out : ndarray, like ``x``
+    out : ndarray, like ``x``; ``x`` itself (not a copy) when not training or ``p = 0``
     cache : the scaled mask ``keep / (1 - p)`` (broadcastable to ``x``), or ``None`` in eval
     """
     validate.float_array("x", x)

@@ -3,7 +3,7 @@
 DeepLab computes its score map at output stride 8 and brings it back to the image size by
 bilinear interpolation (§3.1, Fig. 5): the map is smooth, so ×8 bilinear upsampling loses
 almost nothing and costs nothing to learn. During training the ground truth is subsampled
-by 8 instead (§4.1), so that the loss is computed on the stride-8 grid.
+by 8 instead (§4), so that the loss is computed on the stride-8 grid.
 
 Bilinear interpolation is separable: along one axis, output sample ``i`` reads the input at
 the real-valued source coordinate ``s_i`` and mixes its two neighbours,
@@ -22,19 +22,37 @@ pass is the transpose, ``dX = A_h^T dY A_w``. The two corner conventions differ 
 * ``align_corners=False`` (PyTorch's default, half-pixel centres): the outer edges of the
   images coincide, ``s_i = (i + 1/2) n_in / n_out - 1/2``, clamped below at 0 (as PyTorch
   does); beyond the last centre the last pixel is repeated.
+
+The height pass is always one GEMM with ``A_h`` on the small input. The width pass, which
+writes the large output, has two implementations in :data:`METHODS`: ``"matmul"`` (one GEMM
+with ``A_w``, any ``xp``; the default on the GPU) and ``"numba"`` (the two taps of each
+output pixel, one row per thread: ``@njit`` on the CPU, where it is the default, and a
+``@cuda.jit`` twin), since a dense product with a matrix that is almost all zeros does
+``n_in / 2`` times the necessary work.
+
+Both conventions coincide with ``scipy.ndimage.zoom(x, zoom, order=1)`` for every size:
+``align_corners=True`` with ``grid_mode=False``, and ``align_corners=False`` with
+``grid_mode=True, mode="nearest"`` (or ``"reflect"``: half a pixel beyond the edge both
+repeat the edge pixel, which is exactly the clamping); ``"mirror"``, ``"wrap"`` and the
+constant modes differ at the borders when upsampling.
 """
+import collections
+
 import numpy as np
+from numba import njit, prange
 
 from .. import backend, validate
 from ._checks import label_array, upstream_gradient
 
+cuda = backend.cuda
 
-def interpolation_matrix(n_out, n_in, align_corners, dtype=np.float64):
-    """The ``n_out × n_in`` matrix of 1-D linear interpolation (NumPy, two non-zeros a row).
 
-    Row ``i`` holds the weights ``1 - l_i`` and ``l_i`` at columns ``floor(s_i)`` and
-    ``min(floor(s_i) + 1, n_in - 1)``, with ``s_i`` the source coordinate of the chosen
-    convention (module docstring).
+def interpolation_taps(n_out, n_in, align_corners):
+    """The two taps of 1-D linear interpolation: ``(lo, hi, frac)``, each of length ``n_out``.
+
+    ``lo = floor(s_i)`` and ``hi = min(lo + 1, n_in - 1)`` (int64), ``frac = s_i - lo``
+    (float64), with ``s_i`` the source coordinate of the chosen convention (module docstring);
+    ``y_i = (1 - frac_i) x[lo_i] + frac_i x[hi_i]``.
     """
     i = np.arange(n_out, dtype=np.float64)
     if align_corners:
@@ -43,8 +61,16 @@ def interpolation_matrix(n_out, n_in, align_corners, dtype=np.float64):
     else:
         src = np.maximum((i + 0.5) * (n_in / n_out) - 0.5, 0.0)
     lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = src - lo
+    return lo, np.minimum(lo + 1, n_in - 1), src - lo
+
+
+def interpolation_matrix(n_out, n_in, align_corners, dtype=np.float64):
+    """The ``n_out × n_in`` matrix of 1-D linear interpolation (NumPy, two non-zeros a row).
+
+    Row ``i`` holds the weights ``1 - frac_i`` and ``frac_i`` at columns ``lo_i`` and ``hi_i``
+    of :func:`interpolation_taps`.
+    """
+    lo, hi, frac = interpolation_taps(n_out, n_in, align_corners)
     a = np.zeros((n_out, n_in), dtype=dtype)
     rows = np.arange(n_out)
     a[rows, lo] += 1.0 - frac  # each row once per line, so fancy += is safe
@@ -52,7 +78,7 @@ def interpolation_matrix(n_out, n_in, align_corners, dtype=np.float64):
     return a
 
 
-def bilinear_resize_forward(x, size, *, align_corners):
+def bilinear_resize_forward(x, size, *, align_corners, method=None):
     """Resize ``N×C×H×W`` maps to ``size = (h, w)`` by bilinear interpolation.
 
     ``out[n, c] = A_h @ x[n, c] @ A_w.T`` with the interpolation matrices of
@@ -67,6 +93,9 @@ def bilinear_resize_forward(x, size, *, align_corners):
     align_corners : bool
         Required. ``True``: Caffe / TensorFlow DeepLab corner alignment; ``False``:
         PyTorch's half-pixel convention (see the module docstring).
+    method : str, optional
+        A key of :data:`METHODS`; by default ``"numba"`` for NumPy arrays and ``"matmul"``
+        for CuPy arrays (cuBLAS makes the dense product the faster one on a GPU).
 
     Returns
     -------
@@ -77,14 +106,16 @@ def bilinear_resize_forward(x, size, *, align_corners):
     h, w = validate.pair("size", size, minimum=1)
     if not isinstance(align_corners, bool):
         raise TypeError(f"align_corners must be True or False, got {align_corners!r}")
+    if method is None:
+        method = "matmul" if backend.is_gpu_array(x) else "numba"
+    validate.choice("method", method, METHODS)
     xp = backend.array_module(x)
     n, c, hin, win = x.shape
     a_h = xp.asarray(interpolation_matrix(h, hin, align_corners, x.dtype))
-    a_w = xp.asarray(interpolation_matrix(w, win, align_corners, x.dtype))
-    # Height first (N*C small products), then width as one large GEMM over all N*C*h rows.
-    t = xp.matmul(a_h, x.reshape(n * c, hin, win))
-    out = (t.reshape(n * c * h, win) @ a_w.T).reshape(n, c, h, w)
-    return out, (a_h, a_w, x.shape)
+    # Height first on the small input, as one GEMM; then the width, over all N*C*h rows.
+    t = _left_multiply(a_h, x.reshape(n * c, hin, win)).reshape(n * c * h, win)
+    out, width = METHODS[method].forward(t, w, align_corners)
+    return out.reshape(n, c, h, w), (method, a_h, width, x.shape, (h, w))
 
 
 def bilinear_resize_backward(dout, cache):
@@ -99,13 +130,137 @@ def bilinear_resize_backward(dout, cache):
     -------
     dx : ndarray, shape (N, C, H, W)
     """
-    a_h, a_w, in_shape = cache
+    method, a_h, width, in_shape, (h, w) = cache
     n, c, hin, win = in_shape
-    h, w = a_h.shape[0], a_w.shape[0]
     upstream_gradient(dout, (n, c, h, w), a_h.dtype)
-    xp = backend.array_module(dout, a_h)
-    t = (dout.reshape(n * c * h, w) @ a_w).reshape(n * c, h, win)
-    return xp.matmul(a_h.T, t).reshape(in_shape)
+    backend.array_module(dout, a_h)  # both on one device
+    t = METHODS[method].backward(dout.reshape(n * c * h, w), width, win)
+    return _left_multiply(a_h.T, t.reshape(n * c, h, win)).reshape(in_shape)
+
+
+def _left_multiply(a, t):
+    """``a @ t[k]`` for every ``k`` of a ``B×R×C`` stack, as one GEMM ``a @ (R × B·C)``.
+
+    One large product instead of ``B`` small ones: BLAS threads pay their start-up once.
+    """
+    b, r, c = t.shape
+    out = a @ t.transpose(1, 0, 2).reshape(r, b * c)
+    return out.reshape(a.shape[0], b, c).transpose(1, 0, 2)
+
+
+# ---- the width pass: rows (M × W_in) -> (M × w) ------------------------------------------
+# "matmul": one dense GEMM with A_w (any xp). "numba": the two taps of each output, one row
+# per thread (@njit on the CPU, a @cuda.jit twin from the same element functions): it writes
+# the output once instead of multiplying by a matrix that is almost all zeros.
+
+def _matmul_forward(t, w, align_corners):
+    xp = backend.array_module(t)
+    a_w = xp.asarray(interpolation_matrix(w, t.shape[1], align_corners, t.dtype))
+    return t @ a_w.T, a_w
+
+
+def _matmul_backward(dout, a_w, win):
+    return dout @ a_w
+
+
+def _lerp_row(t, r, lo, hi, frac, out):
+    """out[r, j] = (1 - frac[j]) t[r, lo[j]] + frac[j] t[r, hi[j]] for every j."""
+    for j in range(out.shape[1]):
+        out[r, j] = (1 - frac[j]) * t[r, lo[j]] + frac[j] * t[r, hi[j]]
+
+
+def _lerp_row_backward(dout, r, frac, spans, dt):
+    """The transpose of :func:`_lerp_row` for row r, gathered per input column k:
+    dt[r, k] = sum of (1 - frac[j]) dout[r, j] over j with lo[j] = k, plus frac[j] dout[r, j]
+    over j with hi[j] = k. Those j are the contiguous spans[0, k]:spans[1, k] and
+    spans[2, k]:spans[3, k] (lo and hi never decrease)."""
+    for k in range(dt.shape[1]):
+        acc = 0.0
+        for j in range(spans[0, k], spans[1, k]):
+            acc += (1 - frac[j]) * dout[r, j]
+        for j in range(spans[2, k], spans[3, k]):
+            acc += frac[j] * dout[r, j]
+        dt[r, k] = acc
+
+
+_lerp_row_cpu = njit(cache=True)(_lerp_row)
+_lerp_row_backward_cpu = njit(cache=True)(_lerp_row_backward)
+
+
+@njit(parallel=True, cache=True)
+def _lerp_cpu(t, lo, hi, frac, out):
+    for r in prange(out.shape[0]):
+        _lerp_row_cpu(t, r, lo, hi, frac, out)
+
+
+@njit(parallel=True, cache=True)
+def _lerp_backward_cpu(dout, frac, spans, dt):
+    for r in prange(dt.shape[0]):
+        _lerp_row_backward_cpu(dout, r, frac, spans, dt)
+
+
+if cuda is not None:
+    _lerp_row_gpu = cuda.jit(device=True)(_lerp_row)
+    _lerp_row_backward_gpu = cuda.jit(device=True)(_lerp_row_backward)
+
+    @cuda.jit
+    def _lerp_kernel(t, lo, hi, frac, out):
+        r = cuda.grid(1)
+        if r < out.shape[0]:
+            _lerp_row_gpu(t, r, lo, hi, frac, out)
+
+    @cuda.jit
+    def _lerp_backward_kernel(dout, frac, spans, dt):
+        r = cuda.grid(1)
+        if r < dt.shape[0]:
+            _lerp_row_backward_gpu(dout, r, frac, spans, dt)
+
+
+_THREADS = 128
+
+
+def _lerp_cuda(t, lo, hi, frac, out):
+    """Launch the width-pass kernel (device arrays; NumPy arrays under the CUDA simulator)."""
+    _lerp_kernel[(out.shape[0] + _THREADS - 1) // _THREADS, _THREADS](t, lo, hi, frac, out)
+
+
+def _lerp_backward_cuda(dout, frac, spans, dt):
+    """Launch the transposed width-pass kernel (device arrays, or NumPy under the simulator)."""
+    _lerp_backward_kernel[(dt.shape[0] + _THREADS - 1) // _THREADS, _THREADS](dout, frac, spans, dt)
+
+
+def _numba_forward(t, w, align_corners):
+    xp = backend.array_module(t)
+    if xp is not np and cuda is None:
+        raise RuntimeError("method='numba' on CuPy arrays needs numba-cuda (the 'gpu' extra); "
+                           "install it or use method='matmul'")
+    lo, hi, frac = interpolation_taps(w, t.shape[1], align_corners)
+    columns = np.arange(t.shape[1])
+    spans = np.stack([np.searchsorted(lo, columns, "left"), np.searchsorted(lo, columns, "right"),
+                      np.searchsorted(hi, columns, "left"), np.searchsorted(hi, columns, "right")])
+    lo, hi, frac, spans = (xp.asarray(a) for a in (lo, hi, frac.astype(t.dtype), spans))
+    out = xp.empty((t.shape[0], w), dtype=t.dtype)
+    (_lerp_cpu if xp is np else _lerp_cuda)(xp.ascontiguousarray(t), lo, hi, frac, out)
+    return out, (frac, spans)
+
+
+def _numba_backward(dout, width, win):
+    frac, spans = width
+    xp = backend.array_module(dout)
+    dt = xp.empty((dout.shape[0], win), dtype=dout.dtype)
+    (_lerp_backward_cpu if xp is np else _lerp_backward_cuda)(xp.ascontiguousarray(dout), frac, spans, dt)
+    return dt
+
+
+Method = collections.namedtuple("Method", "forward backward")
+Method.__doc__ = """One implementation of the width pass: ``forward(t, w, align_corners) ->
+(out, width)`` on rows ``t`` (M × W_in) and ``backward(dout, width, W_in) -> dt``."""
+
+#: The registered implementations of the width pass, by name (see above).
+METHODS = {
+    "matmul": Method(_matmul_forward, _matmul_backward),
+    "numba": Method(_numba_forward, _numba_backward),
+}
 
 
 def downsample_labels(labels, factor=None, *, size=None):

@@ -17,11 +17,11 @@ Three modes choose ``mu`` and ``var``:
 
 * ``"eval"``: the running statistics, a fixed affine map per channel,
   ``dx = gamma / sqrt(running_var + eps) · dy``; nothing is updated.
-* ``"frozen"``: the same computation as ``"eval"``, named for the way DeepLab's ResNet
-  trains (§4.2: batch normalisation is frozen, i.e. its statistics are those of ImageNet
-  pre-training, while the network learns). A layer uses it in training so that ``train()``
-  does not bring batch statistics back; ``gamma`` and ``beta`` still receive gradients,
-  and the optimiser decides whether to update them.
+* ``"frozen"``: the same computation as ``"eval"``, named for the way DeepLab's ResNet is
+  fine-tuned: its batch normalisation keeps the statistics of ImageNet pre-training
+  (Caffe's ``use_global_stats``) while the rest of the network learns. A layer uses it in
+  training so that ``train()`` does not bring batch statistics back; ``gamma`` and ``beta``
+  still receive gradients, and the optimiser decides whether to update them.
 
 In every mode ``dgamma = sum(dy · x̂)`` and ``dbeta = sum(dy)`` over N, H, W.
 """

@@ -156,3 +156,20 @@ def test_mixed_numpy_and_gpu_arrays_are_refused(rng, monkeypatch):
         atrous_conv2d_forward(x, w.view(_FakeGpuArray))
     with pytest.raises(TypeError, match="b is a NumPy array but x is a CuPy array"):
         atrous_conv2d_forward(x.view(_FakeGpuArray), w.view(_FakeGpuArray), np.zeros(3, np.float32))
+    out, cache = atrous_conv2d_forward(x, w)
+    with pytest.raises(TypeError, match="dout is a CuPy array but the forward ran on NumPy"):
+        atrous_conv2d_backward(np.ones_like(out).view(_FakeGpuArray), cache)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_non_contiguous_inputs_give_the_contiguous_result(method, rng):
+    x = rng.standard_normal((2, 3, 18, 16))[:, :, ::2, ::2]          # strided view, no padding
+    w = rng.standard_normal((3, 4, 3, 3)).transpose(1, 0, 2, 3)      # transposed view
+    out, cache = atrous_conv2d_forward(x, w, rate=2, method=method)
+    dout = rng.standard_normal(out.shape)[..., ::-1]                  # negative strides
+    expected, cache_c = atrous_conv2d_forward(np.ascontiguousarray(x), np.ascontiguousarray(w),
+                                              rate=2, method=method)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(atrous_conv2d_backward(dout, cache)[:2],
+                         atrous_conv2d_backward(np.ascontiguousarray(dout), cache_c)[:2]):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

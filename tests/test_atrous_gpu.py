@@ -28,20 +28,24 @@ def test_cuda_kernels_match_njit_kernels(rate, stride, rng):
 
 
 @pytest.mark.cudasim
-@pytest.mark.parametrize("rate, stride", [(1, 1), (3, 1), (2, 3)])
-def test_cuda_im2col_and_col2im_match_njit(rate, stride, rng):
+@pytest.mark.parametrize("rate, stride, r0, r1", [(1, 1, 0, 18), (3, 1, 4, 9), (2, 3, 1, 5)])
+def test_cuda_im2col_and_col2im_match_njit(rate, stride, r0, r1, rng):
+    """One block of output rows r0 <= n·Ho + i < r1, as the blocked GEMM uses them."""
     xpad = rng.standard_normal((2, 3, 12, 11)).astype(np.float32)
     kh, kw = 3, 2
     ho, wo = atrous._out_size(xpad.shape, (1, 3, kh, kw), rate, stride)
-    cols_cpu, cols_gpu = (np.empty((3 * kh * kw, 2, ho, wo), np.float32) for _ in range(2))
-    atrous._im2col_cpu(xpad, kh, kw, rate, stride, cols_cpu)
-    atrous._im2col_cuda(xpad, kh, kw, rate, stride, cols_gpu)
+    r1 = min(r1, 2 * ho)
+    cols_cpu, cols_gpu = (np.empty((3 * kh * kw, r1 - r0, wo), np.float32) for _ in range(2))
+    atrous._im2col_cpu(xpad, kh, kw, rate, stride, ho, r0, cols_cpu)
+    atrous._im2col_cuda(xpad, kh, kw, rate, stride, ho, r0, cols_gpu)
     np.testing.assert_array_equal(cols_gpu, cols_cpu)
     dcols = rng.standard_normal(cols_cpu.shape).astype(np.float32)
-    dx_cpu, dx_gpu = np.empty_like(xpad), np.empty_like(xpad)
-    atrous._col2im_cpu(dcols, kh, kw, rate, stride, dx_cpu)
-    atrous._col2im_cuda(dcols, kh, kw, rate, stride, dx_gpu)
-    np.testing.assert_allclose(dx_gpu, dx_cpu, rtol=1e-6, atol=1e-6)
+    start = rng.standard_normal(xpad.shape).astype(np.float32)  # col2im adds to what is there
+    dx_cpu, dx_gpu = start.copy(), start.copy()
+    atrous._col2im_cpu(dcols, kh, kw, rate, stride, ho, r0, dx_cpu)
+    atrous._col2im_cuda(dcols, kh, kw, rate, stride, ho, r0, dx_gpu)
+    np.testing.assert_allclose(dx_gpu, dx_cpu, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(dx_cpu, start)
 
 
 @pytest.mark.gpu

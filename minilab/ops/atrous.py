@@ -137,10 +137,10 @@ def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="
                          f"larger than the padded input {hp}×{wp}; increase padding or lower rate")
 
     xpad = _pad(x, ph, pw)
-    out, ctx = METHODS[method].forward(xpad, w, rate, stride)
+    out, ctx = METHODS[method].forward(xpad, backend.array_module(w).ascontiguousarray(w), rate, stride)
     if b is not None:
         out += b[:, None, None]
-    return out, (method, ctx, x.shape, (ph, pw), b is not None, out.shape, out.dtype)
+    return out, (method, ctx, x.shape, (ph, pw), b is not None, out.shape, out.dtype, backend.is_gpu_array(x))
 
 
 def atrous_conv2d_backward(dout, cache):
@@ -161,8 +161,11 @@ def atrous_conv2d_backward(dout, cache):
     dx : ndarray (N, C, H, W); dw : ndarray (F, C, kh, kw); db : ndarray (F,) or None when
     the forward had no bias.
     """
-    method, ctx, xshape, (ph, pw), has_bias, out_shape, dtype = cache
+    method, ctx, xshape, (ph, pw), has_bias, out_shape, dtype, on_gpu = cache
     validate.float_array("dout", dout, ndim=4)
+    if backend.is_gpu_array(dout) != on_gpu:
+        raise TypeError(f"dout is a {'CuPy' if not on_gpu else 'NumPy'} array but the forward ran on "
+                        f"{'CuPy' if on_gpu else 'NumPy'} arrays; move it with minilab.backend.to_device")
     if tuple(dout.shape) != tuple(out_shape):
         raise ValueError(f"dout must have the forward output's shape {tuple(out_shape)}, got {tuple(dout.shape)}")
     if dout.dtype != dtype:
@@ -185,11 +188,13 @@ def _same_kind(name, a, x):
 
 
 def _pad(x, ph, pw):
-    """x zero-padded by ph rows and pw columns on each side (x itself when there is nothing to add)."""
+    """x zero-padded by ph rows and pw columns on each side, C-contiguous (x itself when it
+    already is and there is nothing to add), so the kernels see one memory layout."""
+    xp = backend.array_module(x)
     if ph == 0 and pw == 0:
-        return x
+        return xp.ascontiguousarray(x)
     n, c, h, w = x.shape
-    xpad = backend.array_module(x).zeros((n, c, h + 2 * ph, w + 2 * pw), x.dtype)
+    xpad = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), x.dtype)
     xpad[:, :, ph:ph + h, pw:pw + w] = x
     return xpad
 
@@ -199,72 +204,107 @@ def _out_size(xpad_shape, w_shape, rate, stride):
     return tuple((xpad_shape[d] - (w_shape[d] - 1) * rate - 1) // stride + 1 for d in (2, 3))
 
 
-# ---- "sparse": im2col sampling the input at stride `rate`, then one GEMM ------------------
+# ---- "sparse": im2col sampling the input at stride `rate`, then GEMM ----------------------
+# The im2col matrix cols[(c, u, v), (n, i, j)] = xpad[n, c, stride*i + rate*u, stride*j + rate*v]
+# has C·kh·kw rows and N·Ho·Wo columns (the batch folded into the GEMM). It is built one block
+# of output rows (n, i) at a time into a reused buffer small enough to stay in the CPU's
+# cache, and rebuilt in the backward instead of being kept: the cache holds only xpad.
 
-def _im2col(xpad, kh, kw, rate, stride, ho, wo):
-    """cols[(c, u, v), (n, i, j)] = xpad[n, c, stride*i + rate*u, stride*j + rate*v].
-
-    Shape (C·kh·kw, N·Ho·Wo): the batch is folded into the GEMM's columns. A parallel Numba
-    gather on the CPU, its CUDA twin on the GPU.
-    """
-    n, c = xpad.shape[:2]
-    cols = backend.array_module(xpad).empty((c * kh * kw, n, ho, wo), xpad.dtype)
-    (_im2col_cpu if isinstance(xpad, np.ndarray) else _im2col_cuda)(xpad, kh, kw, rate, stride, cols)
-    return cols.reshape(c * kh * kw, n * ho * wo)
+_BLOCK_BYTES = {"cpu": 8 * 2**20, "gpu": 512 * 2**20}  # size of one im2col block
 
 
-def _col2im(dcols, xpad_shape, kh, kw, rate, stride, ho, wo):
-    """The adjoint of :func:`_im2col`: add every column entry back where it was read from."""
-    dxpad = backend.array_module(dcols).empty(xpad_shape, dcols.dtype)
-    dcols = dcols.reshape(-1, xpad_shape[0], ho, wo)
-    (_col2im_cpu if isinstance(dcols, np.ndarray) else _col2im_cuda)(dcols, kh, kw, rate, stride, dxpad)
-    return dxpad
+def _blocks(xpad, k_rows, ho, wo):
+    """Split the N·Ho output rows (n, i) into blocks whose im2col fits in ``_BLOCK_BYTES``."""
+    rows = xpad.shape[0] * ho
+    budget = _BLOCK_BYTES["gpu" if backend.is_gpu_array(xpad) else "cpu"]
+    count = -(-rows // max(1, budget // (k_rows * wo * xpad.itemsize)))
+    step = -(-rows // count)
+    return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)], step
+
+
+def _im2col(xpad, kh, kw, rate, stride, ho, wo, r0, r1, buf):
+    """cols[(c, u, v), (t, j)] = xpad[n, c, stride*i + rate*u, stride*j + rate*v] with
+    n·Ho + i = r0 + t, for the output rows r0 <= n·Ho + i < r1; a view of ``buf`` of shape
+    (C·kh·kw, (r1 - r0)·Wo). A parallel Numba gather on the CPU, its CUDA twin on the GPU."""
+    k_rows = xpad.shape[1] * kh * kw
+    cols = buf[:k_rows * (r1 - r0) * wo].reshape(k_rows, r1 - r0, wo)
+    (_im2col_cpu if isinstance(xpad, np.ndarray) else _im2col_cuda)(xpad, kh, kw, rate, stride, ho, r0, cols)
+    return cols.reshape(k_rows, (r1 - r0) * wo)
+
+
+def _col2im(dcols, kh, kw, rate, stride, ho, wo, r0, r1, dxpad):
+    """The adjoint of :func:`_im2col`: add each entry of the block ``dcols`` into ``dxpad``
+    where it was read from."""
+    dcols = dcols.reshape(-1, r1 - r0, wo)
+    (_col2im_cpu if isinstance(dcols, np.ndarray) else _col2im_cuda)(dcols, kh, kw, rate, stride, ho, r0, dxpad)
 
 
 @njit(parallel=True, cache=True)
-def _im2col_cpu(xpad, kh, kw, rate, stride, cols):
+def _im2col_cpu(xpad, kh, kw, rate, stride, ho, r0, cols):
     for row in prange(cols.shape[0]):  # row = (c, u, v)
         c, u, v = row // (kh * kw), row // kw % kh, row % kw
-        for n in range(cols.shape[1]):
-            for i in range(cols.shape[2]):
-                for j in range(cols.shape[3]):
-                    cols[row, n, i, j] = xpad[n, c, stride * i + rate * u, stride * j + rate * v]
+        for t in range(cols.shape[1]):
+            n, i = (r0 + t) // ho, (r0 + t) % ho
+            src, dst = xpad[n, c, stride * i + rate * u], cols[row, t]
+            if stride == 1:  # a contiguous copy, which the compiler vectorises
+                dst[:] = src[rate * v: rate * v + dst.size]
+            else:
+                for j in range(dst.size):
+                    dst[j] = src[stride * j + rate * v]
 
 
 @njit(parallel=True, cache=True)
-def _col2im_cpu(dcols, kh, kw, rate, stride, dxpad):
-    # one thread owns the whole plane dxpad[n, c]: a scatter without races
-    for nc in prange(dxpad.shape[0] * dxpad.shape[1]):
-        n, c = nc // dxpad.shape[1], nc % dxpad.shape[1]
-        dxpad[n, c] = 0
+def _col2im_cpu(dcols, kh, kw, rate, stride, ho, r0, dxpad):
+    for c in prange(dxpad.shape[1]):  # one thread owns channel c: a scatter without races
         for u in range(kh):
             for v in range(kw):
                 row = (c * kh + u) * kw + v
-                for i in range(dcols.shape[2]):
-                    for j in range(dcols.shape[3]):
-                        dxpad[n, c, stride * i + rate * u, stride * j + rate * v] += dcols[row, n, i, j]
+                for t in range(dcols.shape[1]):
+                    n, i = (r0 + t) // ho, (r0 + t) % ho
+                    src, dst = dcols[row, t], dxpad[n, c, stride * i + rate * u]
+                    if stride == 1:
+                        dst[rate * v: rate * v + src.size] += src
+                    else:
+                        for j in range(src.size):
+                            dst[stride * j + rate * v] += src[j]
 
 
 def _sparse_forward(xpad, w, rate, stride):
-    """y = W (F × C·kh·kw) @ cols (C·kh·kw × N·Ho·Wo), reshaped to N×F×Ho×Wo."""
+    """y[:, block] = W (F × C·kh·kw) @ cols[:, block] for each block; y reshaped to N×F×Ho×Wo."""
     xp = backend.array_module(xpad)
-    f, _, kh, kw = w.shape
+    f, c, kh, kw = w.shape
+    n = xpad.shape[0]
     ho, wo = _out_size(xpad.shape, w.shape, rate, stride)
-    cols = _im2col(xpad, kh, kw, rate, stride, ho, wo)
-    y = (w.reshape(f, -1) @ cols).reshape(f, xpad.shape[0], ho, wo)
-    return xp.ascontiguousarray(y.transpose(1, 0, 2, 3)), (cols, w, xpad.shape, rate, stride)
+    w2 = w.reshape(f, c * kh * kw)
+    y = xp.empty((f, n * ho * wo), xpad.dtype)
+    blocks, step = _blocks(xpad, c * kh * kw, ho, wo)
+    buf = xp.empty(c * kh * kw * step * wo, xpad.dtype)
+    for r0, r1 in blocks:
+        cols = _im2col(xpad, kh, kw, rate, stride, ho, wo, r0, r1, buf)
+        xp.matmul(w2, cols, out=y[:, r0 * wo:r1 * wo])
+    y = y.reshape(f, n, ho, wo).transpose(1, 0, 2, 3)
+    return xp.ascontiguousarray(y), (xpad, w, rate, stride)
 
 
 def _sparse_backward(dy, ctx):
-    """dW = dY @ colsᵀ, dcols = Wᵀ @ dY, dxpad = col2im(dcols)."""
-    cols, w, xpad_shape, rate, stride = ctx
+    """Per block: dW += dY @ colsᵀ, dcols = Wᵀ @ dY, dxpad += col2im(dcols)."""
+    xpad, w, rate, stride = ctx
     xp = backend.array_module(dy)
-    f, _, kh, kw = w.shape
+    f, c, kh, kw = w.shape
     ho, wo = dy.shape[2:]
+    w2 = w.reshape(f, c * kh * kw)
     dy2 = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(f, -1)
-    dw = (dy2 @ cols.T).reshape(w.shape)
-    dcols = w.reshape(f, -1).T @ dy2
-    return _col2im(dcols, xpad_shape, kh, kw, rate, stride, ho, wo), dw
+    dw2 = xp.zeros_like(w2)
+    dxpad = xp.zeros_like(xpad)
+    blocks, step = _blocks(xpad, c * kh * kw, ho, wo)
+    buf, dbuf = (xp.empty(c * kh * kw * step * wo, xpad.dtype) for _ in range(2))
+    for r0, r1 in blocks:
+        cols = _im2col(xpad, kh, kw, rate, stride, ho, wo, r0, r1, buf)
+        dyb = dy2[:, r0 * wo:r1 * wo]
+        dw2 += dyb @ cols.T
+        dcols = xp.matmul(w2.T, dyb, out=dbuf[:cols.size].reshape(cols.shape))
+        _col2im(dcols, kh, kw, rate, stride, ho, wo, r0, r1, dxpad)
+    return dxpad, dw2.reshape(w.shape)
 
 
 # ---- "zeros": the filter upsampled with rate - 1 zeros between taps, ordinary convolution --
@@ -400,30 +440,32 @@ if cuda is not None:
     _unravel_gpu = cuda.jit(device=True)(_unravel)
 
     @cuda.jit
-    def _im2col_kernel(xpad, kh, kw, rate, stride, cols):
-        t = cuda.grid(1)
-        if t < cols.size:
-            row, n, i, j = _unravel_gpu(t, cols.shape)
+    def _im2col_kernel(xpad, kh, kw, rate, stride, ho, r0, cols):
+        e = cuda.grid(1)
+        if e < cols.size:
+            row, t, j = e // (cols.shape[1] * cols.shape[2]), e // cols.shape[2] % cols.shape[1], e % cols.shape[2]
             c, u, v = row // (kh * kw), row // kw % kh, row % kw
-            cols[row, n, i, j] = xpad[n, c, stride * i + rate * u, stride * j + rate * v]
+            n, i = (r0 + t) // ho, (r0 + t) % ho
+            cols[row, t, j] = xpad[n, c, stride * i + rate * u, stride * j + rate * v]
 
     @cuda.jit
-    def _col2im_kernel(dcols, kh, kw, rate, stride, dxpad):
-        # the same sum as _col2im_cpu, gathered per element of dxpad so no atomics are needed
-        t = cuda.grid(1)
-        if t < dxpad.size:
-            n, c, p, q = _unravel_gpu(t, dxpad.shape)
+    def _col2im_kernel(dcols, kh, kw, rate, stride, ho, r0, dxpad):
+        # the same sums as _col2im_cpu, gathered per element of dxpad so no atomics are needed
+        e = cuda.grid(1)
+        if e < dxpad.size:
+            n, c, p, q = _unravel_gpu(e, dxpad.shape)
             acc = 0.0
             for u in range(kh):
                 di = p - rate * u
-                if di < 0 or di % stride != 0 or di // stride >= dcols.shape[2]:
+                t = n * ho + di // stride - r0
+                if di < 0 or di % stride != 0 or di // stride >= ho or t < 0 or t >= dcols.shape[1]:
                     continue
                 for v in range(kw):
                     dj = q - rate * v
-                    if dj < 0 or dj % stride != 0 or dj // stride >= dcols.shape[3]:
+                    if dj < 0 or dj % stride != 0 or dj // stride >= dcols.shape[2]:
                         continue
-                    acc += dcols[(c * kh + u) * kw + v, n, di // stride, dj // stride]
-            dxpad[n, c, p, q] = acc
+                    acc += dcols[(c * kh + u) * kw + v, t, dj // stride]
+            dxpad[n, c, p, q] += acc
 
     @cuda.jit
     def _forward_kernel(xpad, w, rate, stride, y):
@@ -455,12 +497,12 @@ def _launch(kernel, size):
     return kernel[(size + _THREADS - 1) // _THREADS, _THREADS]
 
 
-def _im2col_cuda(xpad, kh, kw, rate, stride, cols):
-    _launch(_im2col_kernel, cols.size)(xpad, kh, kw, rate, stride, cols)
+def _im2col_cuda(xpad, kh, kw, rate, stride, ho, r0, cols):
+    _launch(_im2col_kernel, cols.size)(xpad, kh, kw, rate, stride, ho, r0, cols)
 
 
-def _col2im_cuda(dcols, kh, kw, rate, stride, dxpad):
-    _launch(_col2im_kernel, dxpad.size)(dcols, kh, kw, rate, stride, dxpad)
+def _col2im_cuda(dcols, kh, kw, rate, stride, ho, r0, dxpad):
+    _launch(_col2im_kernel, dxpad.size)(dcols, kh, kw, rate, stride, ho, r0, dxpad)
 
 
 def _direct_forward_cuda(xpad, w, rate, stride, y):

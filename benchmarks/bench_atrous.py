@@ -1,0 +1,183 @@
+"""Atrous convolution: every method against torch's conv2d(dilation=rate), float32.
+
+Shapes from DeepLab (§3.1-3.2, §4): (a) LargeFOV fc6, (b) a rate-2 ResNet block, (c) a
+small-channel layer with a batch of 4 at rates 1 and 4, (d) ASPP-L's four branches (rates
+6, 12, 18, 24, summed). For each method: median ms of the forward and of forward+backward,
+GFLOP/s counted as useful work (2·N·F·C·kh·kw·Ho·Wo per pass, three passes for
+forward+backward whatever the method really computes), the ratio to torch measured in the
+same run (below 1 = faster than torch), and the peak memory allocated during
+forward+backward (tracemalloc on the CPU, the CuPy pool's high-water mark on the GPU).
+
+    python benchmarks/bench_atrous.py                # CPU, against torch CPU
+    python benchmarks/bench_atrous.py --device gpu   # CuPy, against torch CUDA (cuDNN)
+    python benchmarks/bench_atrous.py --threads 1    # one thread for OpenBLAS, Numba and torch
+
+On a CPU with AVX-512, OpenBLAS may pick its AVX2 ("Haswell") kernels while torch's oneDNN
+uses AVX-512; ``OPENBLAS_CORETYPE=SkylakeX`` selects OpenBLAS's AVX-512 kernels. The
+OpenBLAS core type in use is written into the results.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and "--threads" in sys.argv:  # must be set before NumPy/Numba start
+    _threads = sys.argv[sys.argv.index("--threads") + 1]
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _threads
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import interleaved_ms, peak_mib, write_results  # noqa: E402
+from minilab import backend  # noqa: E402
+from minilab.ops.atrous import (METHODS, atrous_conv2d_backward,  # noqa: E402
+                                atrous_conv2d_forward, effective_kernel_size)
+
+# name: (N, C, H, W, F, k, rates); padding = rate ("same" output), stride 1
+CASES = {
+    "a LargeFOV fc6 r12": (1, 512, 65, 65, 1024, 3, (12,)),
+    "b 256ch r2": (1, 256, 65, 65, 256, 3, (2,)),
+    "c 4x64ch r1": (4, 64, 64, 64, 64, 3, (1,)),
+    "c 4x64ch r4": (4, 64, 64, 64, 64, 3, (4,)),
+    "d ASPP-L r6-24": (1, 512, 33, 33, 21, 3, (6, 12, 18, 24)),
+}
+ZEROS_LIMIT = 2**30  # skip "zeros" when its im2col matrix alone would exceed 1 GiB
+
+
+def branches(x, ws, rates, method):
+    """Forward and forward+backward of a sum of atrous branches (one branch except in ASPP)."""
+    def forward():
+        return [atrous_conv2d_forward(x, w, rate=r, padding=r, method=method) for w, r in zip(ws, rates)]
+
+    def fwd():
+        out = forward()
+        return sum(o for o, _ in out)
+
+    def fwd_bwd():
+        out = forward()
+        dout = backend.array_module(x).ones_like(out[0][0])
+        grads = [atrous_conv2d_backward(dout, cache) for _, cache in out]
+        return sum(g[0] for g in grads), [g[1] for g in grads]
+    return fwd, fwd_bwd
+
+
+def torch_branches(torch, x, ws, rates):
+    xt = torch.as_tensor(x).requires_grad_(True)
+    wts = [torch.as_tensor(w).requires_grad_(True) for w in ws]
+    conv = torch.nn.functional.conv2d
+
+    def fwd():
+        with torch.no_grad():
+            return sum(conv(xt, w, padding=r, dilation=r) for w, r in zip(wts, rates))
+
+    def fwd_bwd():
+        y = sum(conv(xt, w, padding=r, dilation=r) for w, r in zip(wts, rates))
+        y.backward(torch.ones_like(y))
+        xt.grad = None
+        for w in wts:
+            w.grad = None
+    return fwd, fwd_bwd
+
+
+def openblas_core():
+    """The OpenBLAS kernel family NumPy runs (e.g. 'Haswell', 'SkylakeX'), or 'unknown'."""
+    try:
+        import ctypes
+        libs = Path(np.__file__).parent.parent / "numpy.libs"
+        lib = ctypes.CDLL(str(next(libs.glob("libscipy_openblas*.so*"))))
+        get = getattr(lib, "scipy_openblas_get_corename64_")
+        get.restype = ctypes.c_char_p
+        return get().decode()
+    except Exception:  # another BLAS, another packaging: not essential
+        return "unknown"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="threads for every library (default: theirs)")
+    parser.add_argument("--cases", nargs="*", default=list(CASES), help="subset of case names")
+    args = parser.parse_args()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        print("torch is not installed: no reference column")
+    if torch is not None and args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.device == "gpu":
+        import cupy
+        to_array, pool = cupy.asarray, cupy.get_default_memory_pool()
+
+        def sync():
+            cupy.cuda.Device().synchronize()
+            if torch is not None:
+                torch.cuda.synchronize()
+
+        def peak(fn):
+            pool.free_all_blocks()
+            fn()
+            sync()
+            return pool.total_bytes() / 2**20
+    else:
+        to_array, sync, peak = (lambda a: a), None, peak_mib
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in args.cases:
+        n, c, h, w_, f, k, rates = CASES[name]
+        x = to_array(rng.standard_normal((n, c, h, w_)).astype(np.float32))
+        ws = [to_array((rng.standard_normal((f, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32))
+              for _ in rates]
+        gflop = 2 * n * f * c * k * k * h * w_ * len(rates) / 1e9
+        fwds, fbs, skipped = {}, {}, []
+        for method in METHODS:
+            ke = max(effective_kernel_size(k, r) for r in rates)
+            if method == "direct":
+                skipped.append("direct (loop reference, minutes at this size)")
+                continue
+            if method == "zeros" and c * ke * ke * n * h * w_ * 4 > ZEROS_LIMIT:
+                skipped.append(f"zeros (its {ke}×{ke} im2col would take "
+                               f"{c * ke * ke * n * h * w_ * 4 / 2**30:.1f} GiB)")
+                continue
+            fwds[method], fbs[method] = branches(x, ws, rates, method)
+        if torch is not None:
+            ref = "cudnn" if args.device == "gpu" else "torch"
+            tx = x if args.device == "cpu" else torch.as_tensor(x, device="cuda")
+            tws = ws if args.device == "cpu" else [torch.as_tensor(w, device="cuda") for w in ws]
+            fwds[ref], fbs[ref] = torch_branches(torch, tx, tws, rates)
+        t_fwd = interleaved_ms(fwds, repeat=args.repeat, sync=sync)
+        t_fb = interleaved_ms(fbs, repeat=args.repeat, sync=sync)
+        ref_f = t_fwd.get("cudnn", t_fwd.get("torch"))
+        ref_fb = t_fb.get("cudnn", t_fb.get("torch"))
+        for method in fwds:
+            is_ref = method in ("torch", "cudnn")
+            rows.append({
+                "case": name, "method": method,
+                "fwd ms": t_fwd[method], "fwd GFLOP/s": gflop / t_fwd[method] * 1e3,
+                "fwd / torch": t_fwd[method] / ref_f if ref_f else float("nan"),
+                "fwd+bwd ms": t_fb[method], "fwd+bwd GFLOP/s": 3 * gflop / t_fb[method] * 1e3,
+                "fwd+bwd / torch": t_fb[method] / ref_fb if ref_fb else float("nan"),
+                "peak MiB": float("nan") if is_ref else peak(fbs[method]),
+            })
+            print(rows[-1], flush=True)
+        for s in skipped:
+            print(f"  {name}: skipped {s}")
+    threads = args.threads or os.cpu_count()
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    notes = (f"{threads} thread(s); OpenBLAS core type {openblas_core()}; load average at the end "
+             f"{load} (other jobs shared the machine: compare ratios, not times). float32, stride 1, padding = rate. Ratios are minilab time / torch time in the same "
+             "run (below 1 = faster). Peak MiB: memory allocated during forward+backward "
+             "(not measured for torch). 'direct' is skipped on every shape (a loop reference); "
+             f"'zeros' is skipped where its upsampled-filter im2col would exceed {ZEROS_LIMIT / 2**30:.0f} GiB.")
+    suffix = f"_{args.threads}thread" if args.threads else ""
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        suffix += "_" + os.environ["OPENBLAS_CORETYPE"].lower()
+    write_results(f"bench_atrous_{args.device}{suffix}", rows, notes)
+
+
+if __name__ == "__main__":
+    main()

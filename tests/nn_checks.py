@@ -1,5 +1,15 @@
 """Helpers for the nn tests: gradient checks of layers and models on sampled entries."""
+import contextlib
+
+import numba
 import numpy as np
+
+from minilab.gradcheck import numerical_gradient
+
+try:  # tiny float64 GEMMs run fastest on one BLAS thread; waiting threads on a busy machine
+    from threadpoolctl import threadpool_limits  # can make them 50x slower
+except ImportError:  # pragma: no cover - optional
+    threadpool_limits = None
 
 
 def scaled_error(analytic, numeric):
@@ -10,17 +20,19 @@ def scaled_error(analytic, numeric):
 
 
 def sampled_gradient(f, x, dout, index, h=1e-6):
-    """Central differences of ``sum(f() * dout)`` at the flat positions ``index`` of ``x``."""
+    """Central differences of ``sum(f() * dout)`` at the flat positions ``index`` of ``x``:
+    :func:`minilab.gradcheck.numerical_gradient` on the vector of those entries, written
+    back into ``x`` before each evaluation."""
     flat = x.reshape(-1)
-    grad = np.empty(len(index))
-    for k, i in enumerate(index):
-        old = flat[i]
-        flat[i] = old + h
-        plus = np.sum(f() * dout)
-        flat[i] = old - h
-        minus = np.sum(f() * dout)
-        flat[i] = old
-        grad[k] = (plus - minus) / (2 * h)
+    assert np.shares_memory(flat, x), "x must be contiguous"
+    entries = flat[index].copy()
+
+    def g():
+        flat[index] = entries
+        return f()
+
+    grad = numerical_gradient(g, entries, dout, h)
+    flat[index] = entries
     return grad
 
 
@@ -35,6 +47,16 @@ def check_module(module, x, rng, samples=None, tol=1e-6, reset=lambda: None):
         reset()
         return module.forward(x)
 
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # the same for Numba's parallel loops on tiny arrays
+    try:
+        with threadpool_limits(1, "blas") if threadpool_limits else contextlib.nullcontext():
+            return _check(module, x, rng, samples, tol, f)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _check(module, x, rng, samples, tol, f):
     out = f()
     dout = rng.standard_normal(out.shape)
     module.zero_grad()

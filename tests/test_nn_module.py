@@ -110,6 +110,9 @@ def test_nn_load_state_dict_errors_name_the_keys():
     bad = dict(state, **{"backbone.conv1.weight": np.zeros((8, 3, 3, 3))})
     with pytest.raises(ValueError, match="backbone.conv1.weight: expected \\(8, 3, 7, 7\\), got \\(8, 3, 3, 3\\)"):
         model.load_state_dict(bad, strict=False)
+    nan = dict(state, **{"backbone.bn1.running_var": np.full(8, np.nan)})
+    with pytest.raises(ValueError, match="NaN or infinity in \\['backbone.bn1.running_var'\\]"):
+        model.load_state_dict(nan)
 
 
 def test_nn_load_torchvision_style_backbone_weights(tmp_path):

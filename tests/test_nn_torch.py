@@ -9,9 +9,10 @@ torch = pytest.importorskip("torch")
 from minilab.nn.torch_twins import twin_of  # noqa: E402  (needs torch)
 
 
-@pytest.mark.parametrize("preset", ["tiny-resnet-aspp", "tiny-vgg-largefov"])
-def test_nn_torch_twin_same_outputs_and_gradients(preset, rng):
-    model = nn.deeplab(preset, num_classes=5, dropout=0.0, dtype=np.float64, seed=11)
+@pytest.mark.parametrize("preset, hidden", [("tiny-resnet-aspp", 32), ("tiny-resnet-aspp", None),
+                                            ("tiny-vgg-largefov", 32)])
+def test_nn_torch_twin_same_outputs_and_gradients(preset, hidden, rng):
+    model = nn.deeplab(preset, num_classes=5, hidden=hidden, dropout=0.0, dtype=np.float64, seed=11)
     twin = twin_of(model)
     assert set(twin.state_dict()) == set(model.state_dict())
     x = rng.standard_normal((2, 3, 57, 49))

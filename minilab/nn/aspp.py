@@ -26,8 +26,9 @@ class ASPPBranch(Sequential):
     """One field of view: fc6 (3×3 at ``rate``) → ReLU → dropout → fc7 → ReLU → dropout → fc8.
 
     fc8 is drawn with std 0.01 (DeepLab's Caffe initialisation of the classifier), the
-    others with He/MSRA. A :class:`Sequential` whose layers are named attributes
-    (``fc6.weight``, ``fc7.weight``, ...).
+    others with He/MSRA. With ``hidden=None`` the branch is fc6 alone, straight to the
+    classes (std 0.01): the head of DeepLab-v2's released ResNet-101 model. A
+    :class:`Sequential` whose layers are named attributes (``fc6.weight``, ``fc7.weight``, ...).
     """
 
     children = Module.children
@@ -38,8 +39,12 @@ class ASPPBranch(Sequential):
         rng = make_rng(rng)
         rate = validate.integer("rate", rate, 1)
         k = validate.integer("kernel_size", kernel_size, 1)
-        self.fc6 = Conv2d(in_channels, hidden, k, rate=rate, padding=rate * (k - 1) // 2,
-                          method=method, rng=rng, dtype=dtype)
+        pad = rate * (k - 1) // 2
+        if hidden is None:  # DeepLab-v2's ResNet head: one atrous conv straight to classes
+            self.fc6 = Conv2d(in_channels, num_classes, k, rate=rate, padding=pad, method=method,
+                              std=0.01, rng=rng, dtype=dtype)
+            return
+        self.fc6 = Conv2d(in_channels, hidden, k, rate=rate, padding=pad, method=method, rng=rng, dtype=dtype)
         self.relu6 = ReLU()
         self.drop6 = Dropout2d(dropout, rng=rng)
         self.fc7 = Conv2d(hidden, hidden, 1, method=method, rng=rng, dtype=dtype)
@@ -54,13 +59,17 @@ class ASPP(Module):
     ``y = sum_b branch_b(x)``; backward sends ``dout`` to every branch and sums the input
     gradients, ``dx = sum_b dbranch_b/dx (dout)``.
 
+    Shapes: x (N, in_channels, H, W) → (N, num_classes, H, W); parameters
+    ``branches.<i>.fc6.weight`` and so on.
+
     Parameters
     ----------
     in_channels, num_classes : int
     rates : tuple of int
         ``LARGE_FOV``, ``ASPP_S``, ``ASPP_L`` or any rates.
-    hidden : int
-        Width of fc6/fc7 (1024 in the paper).
+    hidden : int or None
+        Width of fc6/fc7 (1024 in the paper); ``None``: each branch is a single atrous
+        convolution to the classes (DeepLab-v2's ResNet-101 head).
     kernel_size : int
         fc6's kernel: 3 in DeepLab-v2; Table 1 also tries 7 and 4 (padding
         ``rate * (kernel_size - 1) // 2``).
@@ -69,9 +78,6 @@ class ASPP(Module):
         Atrous convolution method for every layer.
     rng : numpy.random.Generator or int, optional
     dtype : float32 or float64
-
-    Shapes: x (N, in_channels, H, W) → (N, num_classes, H, W); parameters
-    ``branches.<i>.fc6.weight`` and so on.
     """
 
     def __init__(self, in_channels, num_classes, rates=ASPP_L, hidden=1024, *, kernel_size=3,

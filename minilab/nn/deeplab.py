@@ -21,6 +21,9 @@ from .module import Module
 class DeepLab(Module):
     """``head(backbone(x))``: class scores at the backbone's output stride (8).
 
+    Shapes: x (N, 3, H, W) float → scores (N, classes, ⌈H/8⌉, ⌈W/8⌉); state-dict names
+    ``backbone.*`` and ``head.*``.
+
     Parameters
     ----------
     backbone : Module
@@ -28,9 +31,6 @@ class DeepLab(Module):
         :func:`~minilab.nn.backbones.resnet`.
     head : Module
         E.g. :class:`~minilab.nn.aspp.ASPP`.
-
-    Shapes: x (N, 3, H, W) float → scores (N, classes, ⌈H/8⌉, ⌈W/8⌉); state-dict names
-    ``backbone.*`` and ``head.*``.
     """
 
     def __init__(self, backbone, head):
@@ -176,8 +176,9 @@ PRESETS = {
     "vgg16-largefov": (deeplab_vgg16, dict(rates=LARGE_FOV, hidden=1024)),
     "vgg16-aspp-s": (deeplab_vgg16, dict(rates=ASPP_S, hidden=1024)),
     "vgg16-aspp-l": (deeplab_vgg16, dict(rates=ASPP_L, hidden=1024)),
-    "resnet101-aspp-l": (deeplab_resnet, dict(blocks=(3, 4, 23, 3), width=64, rates=ASPP_L, hidden=1024)),
-    "resnet50-aspp-l": (deeplab_resnet, dict(blocks=(3, 4, 6, 3), width=64, rates=ASPP_L, hidden=1024)),
+    # DeepLab-v2's released ResNet models: each ASPP branch one 3×3 atrous conv to the classes
+    "resnet101-aspp-l": (deeplab_resnet, dict(blocks=(3, 4, 23, 3), width=64, rates=ASPP_L, hidden=None)),
+    "resnet50-aspp-l": (deeplab_resnet, dict(blocks=(3, 4, 6, 3), width=64, rates=ASPP_L, hidden=None)),
     # small enough to train on a laptop in minutes (64-128 px inputs)
     "tiny-resnet-aspp": (deeplab_resnet, dict(blocks=(1, 1, 1, 1), width=8, rates=(1, 2, 3, 4),
                                               hidden=32, dropout=0.1)),

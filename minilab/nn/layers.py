@@ -13,7 +13,7 @@ start at 0; batch-norm scale at 1, shift at 0, running mean 0 and variance 1.
 """
 import numpy as np
 
-from .. import validate
+from .. import backend, validate
 from ..ops import activations, atrous, dropout, interp, norm, pool
 from .module import Module, Parameter
 
@@ -36,6 +36,8 @@ class Conv2d(Module):
     the effective kernel is ``r*(k-1) + 1``. Computed by :func:`minilab.ops.atrous.
     atrous_conv2d_forward` with any of ``atrous.METHODS``.
 
+    Shapes: x (N, C_in, H, W) → (N, C_out, H', W'), weight (C_out, C_in, k, k), bias (C_out,).
+
     Parameters
     ----------
     in_channels, out_channels, kernel_size : int
@@ -49,8 +51,6 @@ class Conv2d(Module):
         Weight standard deviation; default He/MSRA ``sqrt(2 / (in_channels * k * k))``.
     rng : numpy.random.Generator or int, optional
     dtype : float32 or float64
-
-    Shapes: x (N, C_in, H, W) → (N, C_out, H', W'), weight (C_out, C_in, k, k), bias (C_out,).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, *, stride=1, padding=0, rate=1,
@@ -67,6 +67,11 @@ class Conv2d(Module):
         self.weight = Parameter((make_rng(rng).standard_normal((cout, cin, k, k)) * std).astype(dtype))
         self.bias = Parameter(np.zeros(cout, dtype)) if bias else None
         self._cache = None
+
+    def extra_repr(self):
+        cout, cin, k, _ = self.weight.shape
+        return (f"{cin}, {cout}, kernel_size={k}, stride={self.stride}, rate={self.rate}, "
+                f"padding={self.padding}, bias={self.bias is not None}, method={self.method!r}")
 
     def forward(self, x):
         b = None if self.bias is None else self.bias.data
@@ -118,6 +123,9 @@ class BatchNorm2d(Module):
         self.running_var = np.ones(c, dtype)
         self.num_batches_tracked = np.zeros((), np.int64)
         self._cache = None
+
+    def extra_repr(self):
+        return f"{self.weight.shape[0]}, eps={self.eps}, momentum={self.momentum}, frozen={self.frozen}"
 
     @property
     def frozen(self):
@@ -177,6 +185,9 @@ class MaxPool2d(Module):
         self.padding = validate.integer("padding", padding, 0)
         self.ceil_mode = bool(ceil_mode)
 
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
     def forward(self, x):
         out, self._cache = pool.max_pool2d_forward(
             x, self.kernel_size, stride=self.stride, padding=self.padding, ceil_mode=self.ceil_mode)
@@ -204,9 +215,18 @@ class Dropout2d(Module):
         self.p = float(p)
         self.channelwise = bool(channelwise)
         self.rng = make_rng(rng)
+        self._gpu_rng = None
+
+    def extra_repr(self):
+        return f"p={self.p}, channelwise={self.channelwise}"
 
     def forward(self, x):
-        out, self._cache = dropout.dropout_forward(x, self.p, self.rng, training=self.training,
+        rng = self.rng
+        if backend.is_gpu_array(x):  # CuPy arrays need a CuPy generator, seeded from this one
+            if self._gpu_rng is None:
+                self._gpu_rng = backend.cupy.random.default_rng(int(self.rng.integers(2**63)))
+            rng = self._gpu_rng
+        out, self._cache = dropout.dropout_forward(x, self.p, rng, training=self.training,
                                                    channelwise=self.channelwise)
         return out
 
@@ -232,6 +252,10 @@ class Upsample(Module):
         if not isinstance(align_corners, bool):
             raise TypeError(f"align_corners must be True or False, got {align_corners!r}")
         self.align_corners = align_corners
+
+    def extra_repr(self):
+        what = f"size={self.size}" if self.size else f"scale_factor={self.scale_factor}"
+        return f"{what}, align_corners={self.align_corners}"
 
     def output_size(self, h, w):
         if self.size is not None:

@@ -192,7 +192,7 @@ class Module:
         KeyError
             ``strict`` and a key is missing or unexpected; the message lists them.
         ValueError
-            A key whose array has the wrong shape (always an error).
+            A key whose array has the wrong shape, or holds NaN or infinity (always an error).
         """
         own = OrderedDict(self._named_state())
         missing = [k for k in own if k not in state]
@@ -204,6 +204,9 @@ class Module:
                  for k in own if k in state and tuple(np.shape(state[k])) != tuple(own[k].shape)]
         if wrong:
             raise ValueError("state_dict has arrays of the wrong shape: " + "; ".join(wrong))
+        bad = [k for k in own if k in state and not bool(backend.array_module(state[k]).isfinite(state[k]).all())]
+        if bad:
+            raise ValueError(f"state_dict has NaN or infinity in {bad}")
         for key, value in own.items():
             if key not in state:
                 continue
@@ -211,18 +214,22 @@ class Module:
             xp = backend.array_module(old)
             new = xp.asarray(backend.to_numpy(state[key]) if xp is np else state[key]).astype(old.dtype)
             if isinstance(value, Parameter):
-                value.data = new.copy()
+                value.data = new  # astype made a copy: the caller's array stays theirs
                 value.grad = xp.zeros_like(value.data)
             else:
                 old[...] = new  # in place: shared copies see the same buffer
         return LoadResult(missing, unexpected)
 
+    def extra_repr(self):
+        """The layer's settings, shown inside its ``repr`` (none by default)."""
+        return ""
+
     def __repr__(self):
-        lines = [f"{type(self).__name__}("]
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
         for name, child in self.children():
             lines += [f"  ({name}): " + line if i == 0 else "  " + line
                       for i, line in enumerate(repr(child).splitlines())]
-        return "\n".join(lines) + ")" if len(lines) > 1 else f"{type(self).__name__}()"
+        return "\n".join(lines) + ")"
 
     # -- geometry -------------------------------------------------------------------------
     def receptive_field(self, rf=1, jump=1):

@@ -11,16 +11,22 @@ from torch import nn
 
 
 class Branch(nn.Module):
-    """fc6 (k×k, dilation r) → ReLU → dropout → fc7 → ReLU → dropout → fc8."""
+    """fc6 (k×k, dilation r) → ReLU → dropout → fc7 → ReLU → dropout → fc8; fc6 alone
+    (to the classes) when ``hidden`` is None."""
 
     def __init__(self, cin, classes, rate, hidden, kernel_size=3, p=0.5):
         super().__init__()
-        self.fc6 = nn.Conv2d(cin, hidden, kernel_size, padding=rate * (kernel_size - 1) // 2, dilation=rate)
-        self.fc7 = nn.Conv2d(hidden, hidden, 1)
-        self.fc8 = nn.Conv2d(hidden, classes, 1)
+        self.hidden = hidden
+        self.fc6 = nn.Conv2d(cin, hidden or classes, kernel_size, padding=rate * (kernel_size - 1) // 2,
+                             dilation=rate)
+        if hidden is not None:
+            self.fc7 = nn.Conv2d(hidden, hidden, 1)
+            self.fc8 = nn.Conv2d(hidden, classes, 1)
         self.drop = nn.Dropout(p)
 
     def forward(self, x):
+        if self.hidden is None:
+            return self.fc6(x)
         x = self.drop(torch.relu(self.fc6(x)))
         x = self.drop(torch.relu(self.fc7(x)))
         return self.fc8(x)
@@ -114,8 +120,9 @@ def twin_of(model):
     the same weights; float64 when the model is."""
     from . import backbones
     bb, head = model.backbone, model.head
-    fc6 = head.branches[0].fc6.weight.shape
-    hidden, classes = fc6[0], head.branches[0].fc8.weight.shape[0]
+    first = head.branches[0]
+    fc6 = first.fc6.weight.shape
+    hidden, classes = (fc6[0], first.fc8.weight.shape[0]) if hasattr(first, "fc8") else (None, fc6[0])
     if isinstance(bb, backbones.VGG):
         channels, depth, n = [], [], 0
         for m in bb.features:
@@ -127,9 +134,11 @@ def twin_of(model):
                 n = 0
         tbb = VGG(channels, depth)
     else:
+        if bb.receptive_field()[1] != 8:
+            raise ValueError("twin_of builds ResNets of output stride 8 only")
         blocks = tuple(len(getattr(bb, f"layer{i}")) for i in range(1, 5))
         tbb = ResNet(blocks, bb.conv1.weight.shape[0])
-    p = head.branches[0].drop6.p
+    p = first.drop6.p if hasattr(first, "drop6") else 0.0
     twin = DeepLab(tbb, ASPP(bb.out_channels, classes, head.rates, hidden, fc6[-1], p))
     state = model.state_dict()
     twin = twin.to(torch.float64 if state[next(iter(state))].dtype == np.float64 else torch.float32)

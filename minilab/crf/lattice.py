@@ -18,20 +18,22 @@ every mean-field iteration; steps 2-4 filter all C label maps at once, values st
 vertices × C contiguous. The arithmetic follows the reference C++ code (Krähenbühl's
 ``permutohedral.cpp``, SSE branch) in float32 step by step, so the two agree to rounding.
 
-Two builds give the same lattice (vertex numbering aside):
+Vertex numbering is sort-based and shared by the CPU and the GPU: each vertex key becomes one
+int64 code, ``unique(return_inverse=True)`` numbers the vertices, and the blur neighbours are
+found by code arithmetic (a linear merge on the CPU, ``searchsorted`` on the GPU). Lattices
+too wide for 64-bit codes fall back, on the CPU, to an open-addressing hash table (the
+reference's approach); tests check that both give the same lattice.
 
-* CPU (Numba): embed in parallel, then a serial open-addressing hash table gives each
-  vertex key a number and the blur neighbours are looked up in it in parallel;
-* GPU (Numba CUDA + CuPy, also runnable under the CUDA simulator with NumPy arrays):
-  embed with the CUDA twin, encode each vertex key as one int64, number the vertices with
-  ``unique(return_inverse=True)`` and find blur neighbours with ``searchsorted``.
-
-Splat is written as a gather (each vertex sums its points, found through a counting sort of
-the point-to-vertex table), so it is deterministic and parallel without atomics, and each
-vertex sums its points in the same order as the sequential reference.
+The per-point and per-vertex bodies below are plain Python functions compiled twice, by
+``njit`` for the CPU kernels and by ``cuda.jit(device=True)`` for their CUDA twins, so both
+run the same index arithmetic. The one exception is the splat: the CPU scatters in point
+order (one block of points per thread, each with its own buffer, summed at the end), the GPU
+gathers per vertex through a counting sort of the point-to-vertex table (one thread per
+vertex and channel, deterministic, no atomics).
 """
 import math
 
+import numba
 import numpy as np
 from numba import float32, int32, njit, prange
 
@@ -120,17 +122,43 @@ def _vertex_coordinate(rem0, rank, p, r, i, d):
     return rem0[p, i] + r - (d + 1)
 
 
-def _splat_vertex(v, c0, c1, values, weights, start, order, out):
-    """out[v, c0:c1] = Σ over the points e of vertex v (in point order) of weight × value."""
-    dp1 = weights.shape[1]
+def _vertex_codes(p, rem0, rank, low, strides, codes):
+    """codes[p, r] = Σ_i (coordinate i of vertex r − low) · strides[i]: each vertex key of point
+    p as one int64 (coordinate i = rem0_i + r, or rem0_i + r − (d+1) when rank_i > d − r)."""
+    d = rem0.shape[1] - 1
+    for r in range(d + 1):
+        code = 0
+        for i in range(d):
+            k = rem0[p, i] + r
+            if rank[p, i] > d - r:
+                k -= d + 1
+            code += (k - low) * strides[i]
+        codes[p, r] = code
+
+
+def _splat_vertex(v, c0, c1, values, scale, start, pixel, weight, out):
+    """out[v, c0:c1] = Σ over the points p of vertex v (in point order) of w_p · (s_p · values[p])."""
+    row = out[v]
     for c in range(c0, c1):
-        out[v, c] = float32(0.0)
+        row[c] = float32(0.0)
     for k in range(start[v], start[v + 1]):
-        e = order[k]
-        p = e // dp1
-        w = weights[p, e - p * dp1]
+        p = pixel[k]
+        w = weight[k]
+        s = scale[p]
+        point = values[p]
         for c in range(c0, c1):
-            out[v, c] += w * values[p, c]
+            row[c] += w * (s * point[c])
+
+
+def _splat_point(p, values, scale, offsets, weights, out):
+    """Scatter: out[vertex r of p] += (w_r · s_p) · values[p] for r = 0..d (the reference's order)."""
+    point = values[p]
+    s = scale[p]
+    for r in range(offsets.shape[1]):
+        w = weights[p, r] * s
+        row = out[offsets[p, r]]
+        for c in range(point.shape[0]):
+            row[c] += w * point[c]
 
 
 def _blur_vertex(v, c0, c1, src, dst, neighbours):
@@ -141,20 +169,24 @@ def _blur_vertex(v, c0, c1, src, dst, neighbours):
         dst[v, c] = src[v, c] + HALF * (src[a, c] + src[b, c])
 
 
-def _slice_point(p, c0, c1, vertex_values, offsets, weights, alpha, out):
-    """out[p, c0:c1] = Σ_r (α · weight_r) × vertex value of p's vertex r."""
-    for c in range(c0, c1):
-        out[p, c] = float32(0.0)
-    for r in range(offsets.shape[1]):
-        o = offsets[p, r]
-        w = weights[p, r] * alpha
+def _slice_point(p, c0, c1, vertex_values, offsets, weights, alpha, scale, factor, out, accumulate):
+    """out[p, c0:c1] (+)= Σ_r (factor · s_p · α · w_r) · value of p's vertex r."""
+    row = out[p]
+    if not accumulate:
         for c in range(c0, c1):
-            out[p, c] += w * vertex_values[o, c]
+            row[c] = float32(0.0)
+    s = factor * scale[p] * alpha
+    for r in range(offsets.shape[1]):
+        w = s * weights[p, r]
+        vertex = vertex_values[offsets[p, r]]
+        for c in range(c0, c1):
+            row[c] += w * vertex[c]
 
 
 _embed_point_cpu = njit(cache=True)(_embed_point)
 _vertex_coordinate_cpu = njit(cache=True)(_vertex_coordinate)
-_splat_vertex_cpu = njit(cache=True)(_splat_vertex)
+_vertex_codes_cpu = njit(cache=True)(_vertex_codes)
+_splat_point_cpu = njit(cache=True)(_splat_point)
 _blur_vertex_cpu = njit(cache=True)(_blur_vertex)
 _slice_point_cpu = njit(cache=True)(_slice_point)
 
@@ -166,9 +198,86 @@ def _embed_cpu(features, scale, elevated, rem0, rank, bary):
 
 
 @njit(parallel=True, cache=True)
-def _splat_cpu(values, weights, start, order, out):
-    for v in prange(start.shape[0] - 1):
-        _splat_vertex_cpu(v, 0, values.shape[1], values, weights, start, order, out)
+def _codes_cpu(rem0, rank, low, strides, codes):
+    for p in prange(rem0.shape[0]):
+        _vertex_codes_cpu(p, rem0, rank, low, strides, codes)
+
+
+@njit(cache=True)
+def _unique_codes_cpu(codes):
+    """Number the distinct int64 ``codes`` in order of first appearance (as the reference's
+    hash table does: vertices of neighbouring pixels get nearby numbers, which keeps splat and
+    slice in cache) with an open-addressing table doubled when half full.
+
+    Returns ids (N,) int32 (each code's number), the distinct codes sorted (M,) int64 and
+    order (M,) int64 (the number of the k-th smallest code)."""
+    n = codes.shape[0]
+    capacity = 1 << 16
+    slot_code = np.empty(capacity, dtype=np.int64)
+    slot_id = np.full(capacity, -1, dtype=np.int32)
+    first = np.empty(n, dtype=np.int64)  # distinct codes in order of appearance
+    ids = np.empty(n, dtype=np.int32)
+    m = 0
+    for e in range(n):
+        code = codes[e]
+        mask = capacity - 1
+        h = (code * -7046029254386353131) >> 17  # a multiplicative hash, high bits
+        slot = h & mask
+        while slot_id[slot] != -1 and slot_code[slot] != code:
+            slot = (slot + 1) & mask
+        if slot_id[slot] == -1:
+            slot_id[slot] = m
+            slot_code[slot] = code
+            first[m] = code
+            m += 1
+            if 2 * m >= capacity:  # grow: reinsert the distinct codes so far
+                capacity *= 2
+                mask = capacity - 1
+                slot_code = np.empty(capacity, dtype=np.int64)
+                slot_id = np.full(capacity, -1, dtype=np.int32)
+                for k in range(m):
+                    s = ((first[k] * -7046029254386353131) >> 17) & mask
+                    while slot_id[s] != -1:
+                        s = (s + 1) & mask
+                    slot_id[s] = k
+                    slot_code[s] = first[k]
+            ids[e] = m - 1
+        else:
+            ids[e] = slot_id[slot]
+    order = np.argsort(first[:m])
+    return ids, first[:m][order], order
+
+
+@njit(cache=True)
+def _merge_lookup(unique, order, shift, out):
+    """out[order[v]] = order[k] where ``unique[k] == unique[v] + shift``, or M when absent.
+
+    ``unique`` is sorted, so the wanted codes rise with v and one pass merging the two sorted
+    sequences finds them all: O(M). ``order`` maps sorted positions to vertex numbers."""
+    m = unique.shape[0]
+    k = 0
+    for v in range(m):
+        wanted = unique[v] + shift
+        while k < m and unique[k] < wanted:
+            k += 1
+        out[order[v]] = order[k] if k < m and unique[k] == wanted else m
+
+
+@njit(parallel=True, cache=True)
+def _splat_cpu(values, scale, offsets, weights, out, spare):
+    """Splat by scattering, points split into one contiguous block per thread: block 0 adds
+    into ``out``, block t > 0 into its own ``spare[t−1]`` (M+1, C), summed at the end. In
+    point order within a block, as the sequential reference."""
+    blocks = spare.shape[0] + 1
+    n = values.shape[0]
+    for t in prange(blocks):
+        buf = out if t == 0 else spare[t - 1]
+        buf[:] = 0
+        for p in range(t * n // blocks, (t + 1) * n // blocks):
+            _splat_point_cpu(p, values, scale, offsets, weights, buf)
+    for v in prange(out.shape[0]):
+        for t in range(blocks - 1):
+            out[v] += spare[t, v]
 
 
 @njit(parallel=True, cache=True)
@@ -178,83 +287,88 @@ def _blur_cpu(src, dst, neighbours):
 
 
 @njit(parallel=True, cache=True)
-def _slice_cpu(vertex_values, offsets, weights, alpha, out):
+def _slice_cpu(vertex_values, offsets, weights, alpha, scale, factor, out, accumulate):
     for p in prange(offsets.shape[0]):
-        _slice_point_cpu(p, 0, out.shape[1], vertex_values, offsets, weights, alpha, out)
+        _slice_point_cpu(p, 0, out.shape[1], vertex_values, offsets, weights, alpha, scale, factor, out, accumulate)
 
 
 @njit(cache=True)
 def _hash(key_source, v, shift_all, j, shift_j, d):
-    """Hash (the reference's: r = (r + k)·1664525) of key ``key_source[v] + shift``."""
+    """Hash of the key ``key_source[v] + shift`` (coordinate j shifted by shift_j, the others by
+    shift_all): the reference's r = (r + k)·1664525, then a 64-bit finaliser (MurmurHash3's)
+    so that neighbouring lattice points do not land in neighbouring slots."""
     h = np.int64(0)
     for i in range(d):
         k = key_source[v, i] + (shift_j if i == j else shift_all)
         h = (h + k) * 1664525
+    h ^= (h >> 33) & 0x7FFFFFFF
+    h *= -49064778989728563  # 0xff51afd7ed558ccd as int64
+    h ^= (h >> 33) & 0x7FFFFFFF
     return h
 
 
 @njit(cache=True)
-def _build_hash_table(rem0, rank):
-    """Number the vertices of all simplices with an open-addressing hash table.
-
-    Returns offsets (N, d+1) int32 (vertex number of each point's vertex r), keys (M, d)
-    int32 (first d coordinates of each vertex) and the table (int32, −1 = empty slot).
-    """
-    n, dp1 = rem0.shape
-    d = dp1 - 1
-    capacity = 1
-    while capacity < 2 * n * dp1:
-        capacity *= 2
-    mask = capacity - 1
-    table = np.full(capacity, -1, dtype=np.int32)
-    keys = np.empty((n * dp1, d), dtype=np.int32)
-    offsets = np.empty((n, dp1), dtype=np.int32)
-    key = np.empty((1, d), dtype=np.int32)
-    m = 0
-    for p in range(n):
-        for r in range(dp1):
-            for i in range(d):
-                key[0, i] = _vertex_coordinate_cpu(rem0, rank, p, r, i, d)
-            slot = _hash(key, 0, 0, -1, 0, d) & mask
-            while True:
-                e = table[slot]
-                if e == -1:
-                    keys[m] = key[0]
-                    table[slot] = m
-                    e = m
-                    m += 1
-                    break
-                same = True
-                for i in range(d):
-                    if keys[e, i] != key[0, i]:
-                        same = False
-                        break
-                if same:
-                    break
-                slot = (slot + 1) & mask
-            offsets[p, r] = e
-    return offsets, keys[:m].copy(), table
-
-
-@njit(cache=True)
-def _lookup(table, keys, v, shift_all, j, shift_j):
-    """Number of the vertex ``keys[v] + shift`` (coordinate j shifted by shift_j, the others
-    by shift_all), or M when it is not in the lattice."""
+def _find(table, keys, key_source, v, shift_all, j, shift_j, insert_as):
+    """Vertex number of the key ``key_source[v] + shift`` in the open-addressing ``table``
+    (int32 vertex numbers, −1 for an empty slot; the keys themselves in ``keys``), or −1.
+    An absent key is inserted with number ``insert_as`` (its key already in
+    ``keys[insert_as]``) when that is >= 0."""
     d = keys.shape[1]
     mask = table.shape[0] - 1
-    slot = _hash(keys, v, shift_all, j, shift_j, d) & mask
+    slot = _hash(key_source, v, shift_all, j, shift_j, d) & mask
     while True:
         e = table[slot]
         if e == -1:
-            return keys.shape[0]
+            if insert_as >= 0:
+                table[slot] = insert_as
+            return insert_as
         same = True
         for i in range(d):
-            if keys[e, i] != keys[v, i] + (shift_j if i == j else shift_all):
+            if keys[e, i] != key_source[v, i] + (shift_j if i == j else shift_all):
                 same = False
                 break
         if same:
             return e
         slot = (slot + 1) & mask
+
+
+@njit(cache=True)
+def _build_hash_table(rem0, rank):
+    """Number the vertices of all simplices with an open-addressing hash table that doubles
+    when half full (as the reference's does, so it stays small enough to stay in cache).
+
+    Returns offsets (N, d+1) int32 (vertex number of each point's vertex r), keys (M, d)
+    int32 (first d coordinates of each vertex; the last is minus their sum) and the table.
+    """
+    n, dp1 = rem0.shape
+    d = dp1 - 1
+    capacity = 1024
+    while capacity < 2 * n:
+        capacity *= 2
+    table = np.full(capacity, -1, dtype=np.int32)
+    keys = np.empty((n * dp1, d), dtype=np.int32)
+    offsets = np.empty((n, dp1), dtype=np.int32)
+    m = 0
+    for p in range(n):
+        for r in range(dp1):
+            for i in range(d):
+                keys[m, i] = _vertex_coordinate_cpu(rem0, rank, p, r, i, d)
+            e = _find(table, keys, keys, m, 0, -1, 0, m)
+            offsets[p, r] = e
+            if e == m:
+                m += 1
+                if 2 * m >= table.shape[0]:
+                    table = np.full(2 * table.shape[0], -1, dtype=np.int32)
+                    for v in range(m):
+                        _find(table, keys, keys, v, 0, -1, 0, v)
+    return offsets, keys[:m].copy(), table
+
+
+@njit(cache=True)
+def _lookup(table, keys, v, shift_all, j, shift_j):
+    """Number of the vertex ``keys[v] + shift``, or M when it is not in the lattice."""
+    e = _find(table, keys, keys, v, shift_all, j, shift_j, -1)
+    return keys.shape[0] if e == -1 else e
 
 
 @njit(parallel=True, cache=True)
@@ -270,28 +384,10 @@ def _neighbours_cpu(table, keys):
     return out
 
 
-@njit(cache=True)
-def _splat_order_cpu(offsets, m):
-    """Counting sort of the point-vertex pairs by vertex, stable in point order.
-
-    Returns start (M+1) int64 and order (N(d+1)) int32 of flat indices p(d+1) + r."""
-    flat = offsets.ravel()
-    start = np.zeros(m + 1, dtype=np.int64)
-    for e in range(flat.shape[0]):
-        start[flat[e] + 1] += 1
-    for v in range(m):
-        start[v + 1] += start[v]
-    fill = start[:-1].copy()
-    order = np.empty(flat.shape[0], dtype=np.int32)
-    for e in range(flat.shape[0]):
-        order[fill[flat[e]]] = e
-        fill[flat[e]] += 1
-    return start, order
-
-
 if backend.cuda is not None:
     _cuda = backend.cuda
     _embed_point_gpu = _cuda.jit(device=True)(_embed_point)
+    _vertex_codes_gpu = _cuda.jit(device=True)(_vertex_codes)
     _splat_vertex_gpu = _cuda.jit(device=True)(_splat_vertex)
     _blur_vertex_gpu = _cuda.jit(device=True)(_blur_vertex)
     _slice_point_gpu = _cuda.jit(device=True)(_slice_point)
@@ -303,10 +399,16 @@ if backend.cuda is not None:
             _embed_point_gpu(p, features, scale, elevated, rem0, rank, bary)
 
     @_cuda.jit
-    def _splat_gpu(values, weights, start, order, out):
+    def _codes_gpu(rem0, rank, low, strides, codes):
+        p = _cuda.grid(1)
+        if p < rem0.shape[0]:
+            _vertex_codes_gpu(p, rem0, rank, low, strides, codes)
+
+    @_cuda.jit
+    def _splat_gpu(values, scale, start, pixel, weight, out):
         v, c = _cuda.grid(2)
         if v < start.shape[0] - 1 and c < values.shape[1]:
-            _splat_vertex_gpu(v, c, c + 1, values, weights, start, order, out)
+            _splat_vertex_gpu(v, c, c + 1, values, scale, start, pixel, weight, out)
 
     @_cuda.jit
     def _blur_gpu(src, dst, neighbours):
@@ -315,10 +417,10 @@ if backend.cuda is not None:
             _blur_vertex_gpu(v, c, c + 1, src, dst, neighbours)
 
     @_cuda.jit
-    def _slice_gpu(vertex_values, offsets, weights, alpha, out):
+    def _slice_gpu(vertex_values, offsets, weights, alpha, scale, factor, out, accumulate):
         p, c = _cuda.grid(2)
         if p < offsets.shape[0] and c < out.shape[1]:
-            _slice_point_gpu(p, c, c + 1, vertex_values, offsets, weights, alpha, out)
+            _slice_point_gpu(p, c, c + 1, vertex_values, offsets, weights, alpha, scale, factor, out, accumulate)
 
 
 def _grid2(rows, cols):
@@ -342,7 +444,8 @@ class LatticeFilter:
     offsets : (N, d+1) int32, the vertex number of each point's simplex vertex r
     weights : (N, d+1) float32, the barycentric weights (each row sums to 1)
     neighbours : (d+1, M, 2) int32, blur neighbours along each axis (M: none)
-    start, order : the vertices' point lists (a counting sort of ``offsets``)
+    start, pixel, weight : (GPU build) each vertex's points and their weights (vertex v owns
+        entries start[v]:start[v+1]), a counting sort of ``offsets`` used by the gather splat
     n_vertices : M
     """
 
@@ -359,70 +462,110 @@ class LatticeFilter:
         rem0 = xp.empty((n, d + 1), dtype=np.int32)
         rank = xp.empty((n, d + 1), dtype=np.int32)
         bary = xp.empty((n, d + 2), dtype=np.float32)
+        blocks = (n + THREADS - 1) // THREADS
         if self.kernels == "numba":
             _embed_cpu(features, scale, elevated, rem0, rank, bary)
+        else:
+            _embed_gpu[blocks, THREADS](features, scale, elevated, rem0, rank, bary)
+        self.weights = xp.ascontiguousarray(bary[:, :d + 1])
+        # Vertex coordinates lie within d of rem0's; leave room for the blur's shifts of up to d.
+        low = int(rem0[:, :d].min()) - 2 * d - 1
+        span = int(rem0[:, :d].max()) + 2 * d + 1 - low + 1
+        if d * math.log2(span) <= 62:
+            strides = xp.asarray(np.array([span**i for i in range(d)], dtype=np.int64))
+            codes = xp.empty((n, d + 1), dtype=np.int64)
+            if self.kernels == "numba":
+                _codes_cpu(rem0, rank, low, strides, codes)
+            else:
+                _codes_gpu[blocks, THREADS](rem0, rank, low, strides, codes)
+            self._number_sorted(codes, span)
+        elif self.kernels == "numba":
             self.offsets, keys, table = _build_hash_table(rem0, rank)
             self.n_vertices = keys.shape[0]
             self.neighbours = _neighbours_cpu(table, keys)
-            self.start, self.order = _splat_order_cpu(self.offsets, self.n_vertices)
         else:
-            _embed_gpu[(n + THREADS - 1) // THREADS, THREADS](features, scale, elevated, rem0, rank, bary)
-            self._build_sorted(rem0, rank)
-        self.weights = xp.ascontiguousarray(bary[:, :d + 1])
+            raise ValueError(f"the lattice spans {span} points along each of its {d} axes, too many to encode "
+                             "a vertex in 64 bits on the GPU; use larger sigmas or fewer feature channels")
+        if self.kernels == "cuda":  # the gather splat's vertex -> points lists
+            flat = self.offsets.ravel()
+            order = xp.argsort(flat, kind="stable")
+            self.pixel = (order // (d + 1)).astype(np.int32)
+            self.weight = self.weights.ravel()[order]
+            self.start = xp.zeros(self.n_vertices + 1, dtype=np.int64)
+            self.start[1:] = xp.cumsum(xp.bincount(flat, minlength=self.n_vertices))
+        self.ones = xp.ones(n, dtype=np.float32)
+        self._work = {}
 
-    def _build_sorted(self, rem0, rank):
-        """Vertex numbering without a hash table: sort the int64-encoded keys (NumPy or CuPy)."""
+    def _number_sorted(self, codes, span):
+        """Number the vertices (CPU: in order of appearance; GPU: in the order of their codes,
+        ``unique``) and find the blur neighbours by code arithmetic on the sorted codes:
+        along axis j < d the neighbour's key is shifted by
+        −1 (+1) in every coordinate and by +d (−d) in coordinate j, i.e. its code by
+        ∓Σ_i span^i ± (d+1)·span^j; along axis d by ∓Σ_i span^i."""
         xp, d = self.xp, self.d
-        n = rem0.shape[0]
-        canonical = np.array([[r if k <= d - r else r - (d + 1) for k in range(d + 1)] for r in range(d + 1)],
-                             dtype=np.int32)
-        # keys[p, r, i] = rem0[p, i] + canonical[r, rank[p, i]]
-        keys = rem0[:, None, :d] + xp.asarray(canonical)[xp.arange(d + 1)[None, :, None], rank[:, None, :d]]
-        low = int(keys.min()) - (d + 1)
-        span = int(keys.max()) - low + d + 2  # room for the blur neighbours' ±d shifts
-        if d * math.log2(span) > 62:
-            raise ValueError(f"the lattice spans {span} points per axis in {d} dimensions, too many to encode "
-                             "its vertices in 64 bits; use larger sigmas (features of a smaller range)")
-        strides = xp.asarray(np.array([span**i for i in range(d)], dtype=np.int64))
-        codes = ((keys - low).astype(np.int64) * strides).sum(axis=2).ravel()
-        unique, inverse = xp.unique(codes, return_inverse=True)
+        if self.kernels == "numba":
+            ids, unique, order = _unique_codes_cpu(codes.ravel())
+        else:
+            unique, ids = xp.unique(codes.ravel(), return_inverse=True)
         m = unique.shape[0]
         self.n_vertices = m
-        self.offsets = inverse.reshape(n, d + 1).astype(np.int32)
-        total = int(sum(span**i for i in range(d)))
-        neighbours = xp.empty((d + 1, m, 2), dtype=np.int32)
+        self.offsets = ids.reshape(codes.shape).astype(np.int32)
+        total = sum(span**i for i in range(d))
+        self.neighbours = xp.empty((d + 1, m, 2), dtype=np.int32)
         for j in range(d + 1):
             along = (d + 1) * span**j if j < d else 0
             for side, shift in ((0, along - total), (1, total - along)):
-                wanted = unique + shift
-                index = xp.minimum(xp.searchsorted(unique, wanted), m - 1)
-                neighbours[j, :, side] = xp.where(unique[index] == wanted, index, m)
-        self.neighbours = neighbours
-        flat = self.offsets.ravel()
-        self.order = xp.argsort(flat, kind="stable").astype(np.int32)
-        self.start = xp.zeros(m + 1, dtype=np.int64)
-        self.start[1:] = xp.cumsum(xp.bincount(flat, minlength=m))
+                if self.kernels == "numba":
+                    _merge_lookup(unique, order, shift, self.neighbours[j, :, side])
+                else:
+                    wanted = unique + shift
+                    index = xp.minimum(xp.searchsorted(unique, wanted), m - 1)
+                    self.neighbours[j, :, side] = xp.where(unique[index] == wanted, index, m)
 
-    def __call__(self, values):
-        """Filter ``values`` (N, C) float32 (all C channels at once); returns (N, C) float32."""
+    def _buffers(self, c):
+        """Work arrays for C channels, kept between calls: two (M+1, C) vertex buffers (row M is
+        the zero "missing neighbour") and per-thread splat buffers (CPU)."""
+        if c not in self._work:
+            xp, m = self.xp, self.n_vertices
+            threads = numba.get_num_threads() if self.kernels == "numba" else 1
+            src = xp.zeros((m + 1, c), dtype=np.float32)
+            dst = xp.zeros((m + 1, c), dtype=np.float32)
+            spare = xp.empty((threads - 1, m + 1, c), dtype=np.float32)
+            self._work = {c: (src, dst, spare)}
+        return self._work[c]
+
+    def apply(self, values, out, factor=1.0, in_scale=None, out_scale=None, accumulate=True):
+        """``out (+)= factor · out_scale ⊙ K(in_scale ⊙ values)``, all C channels at once.
+
+        Parameters
+        ----------
+        values : (N, C) float32, C-contiguous
+        out : (N, C) float32, added to (``accumulate=True``) or overwritten
+        factor : float, a weight w_m
+        in_scale, out_scale : (N,) float32 per-point scales (the normalisation n), or None
+        """
         xp = self.xp
-        values = xp.ascontiguousarray(values, dtype=np.float32)
         n, c = values.shape
         m = self.n_vertices
-        src = xp.zeros((m + 1, c), dtype=np.float32)  # row M: the missing neighbour, zero
-        dst = xp.zeros((m + 1, c), dtype=np.float32)
-        out = xp.empty((n, c), dtype=np.float32)
+        in_scale = self.ones if in_scale is None else in_scale
+        out_scale = self.ones if out_scale is None else out_scale
+        factor = np.float32(factor)
+        src, dst, spare = self._buffers(c)
         if self.kernels == "numba":
-            _splat_cpu(values, self.weights, self.start, self.order, src)
+            _splat_cpu(values, in_scale, self.offsets, self.weights, src, spare)
             for j in range(self.d + 1):
                 _blur_cpu(src, dst, self.neighbours[j])
                 src, dst = dst, src
-            _slice_cpu(src, self.offsets, self.weights, self.alpha, out)
+            _slice_cpu(src, self.offsets, self.weights, self.alpha, out_scale, factor, out, accumulate)
         else:
-            _splat_gpu[_grid2(m, c)](values, self.weights, self.start, self.order, src)
+            _splat_gpu[_grid2(m, c)](values, in_scale, self.start, self.pixel, self.weight, src)
             for j in range(self.d + 1):
                 _blur_gpu[_grid2(m, c)](src, dst, self.neighbours[j])
                 src, dst = dst, src
-            _slice_gpu[_grid2(n, c)](src, self.offsets, self.weights, self.alpha, out)
+            _slice_gpu[_grid2(n, c)](src, self.offsets, self.weights, self.alpha, out_scale, factor, out, accumulate)
         return out
 
+    def __call__(self, values):
+        """Filter ``values`` (N, C) float32; returns a new (N, C) float32 array."""
+        values = self.xp.ascontiguousarray(values, dtype=np.float32)
+        return self.apply(values, self.xp.empty_like(values), accumulate=False)

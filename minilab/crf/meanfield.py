@@ -23,10 +23,12 @@ Two choices the paper leaves implicit are explicit arguments:
   normaliser K1 as well.
 """
 import numpy as np
+from numba import float32, njit, prange
 
 from .. import backend, validate
 from . import lattice, naive, potentials
 
+# Each method is a filter class: built once from (N, F) features, called on (N, C) values.
 METHODS = {"naive": naive.ExactFilter, "lattice": lattice.LatticeFilter}
 NORMALIZATIONS = ("symmetric", "after", "none")
 
@@ -62,8 +64,8 @@ def gaussian_filter(features, values, method="lattice"):
 class PairwiseTerm:
     """One Gaussian kernel of eq. (3) with its weight, set up once per image.
 
-    Builds the filter (for the lattice: the lattice itself) and the normaliser ``K1``
-    once; :meth:`message` then returns ``w · K̃Q`` for any ``Q``.
+    Builds the filter (for the lattice: the lattice itself) and the normaliser n from
+    ``K1`` once; :meth:`add_message` then adds ``w · K̃Q`` to an energy for any ``Q``.
 
     Parameters
     ----------
@@ -75,48 +77,111 @@ class PairwiseTerm:
     def __init__(self, features, weight, method="lattice", normalization="symmetric", include_self=True):
         validate.choice("method", method, METHODS)
         validate.choice("normalization", normalization, NORMALIZATIONS)
-        self.xp = backend.array_module(features)
-        self.weight = np.float32(weight)
+        xp = backend.array_module(features)
+        self.weight = float(weight)
         self.normalization = normalization
-        self.include_self = bool(include_self)
-        if method == "lattice" and not include_self:
-            raise ValueError("include_self=False needs method='naive': the lattice spreads a pixel's own value "
-                             "over its simplex, so its self-contribution is not a constant to subtract")
-        self.filter = METHODS[method](features)
-        n = features.shape[0]
-        if normalization == "none":
-            self.norm = None
+        if method == "lattice":
+            if not include_self:
+                raise ValueError("include_self=False needs method='naive': the lattice spreads a pixel's own "
+                                 "value over its simplex, so its self-contribution is not a constant to subtract")
+            self.filter = lattice.LatticeFilter(features)
         else:
-            k1 = self._kernel(self.xp.ones((n, 1), dtype=np.float32))[:, 0]
+            self.filter = naive.ExactFilter(features, include_self=include_self)
+        self.norm = None
+        if normalization != "none":
+            k1 = self.filter(xp.ones((features.shape[0], 1), dtype=np.float32))[:, 0]
             power = 0.5 if normalization == "symmetric" else 1.0
-            self.norm = (1.0 / (k1.astype(np.float64) + 1e-20) ** power).astype(np.float32)[:, None]
+            self.norm = (1.0 / (k1.astype(np.float64) + 1e-20) ** power).astype(np.float32)
 
-    def _kernel(self, values):
-        """K v, with K's diagonal (k(f_i, f_i) = 1) removed unless include_self."""
-        out = self.filter(values)
-        if not self.include_self:
-            out -= values
-        return out
+    def add_message(self, q, energy):
+        """``energy += w · K̃ Q`` for ``q`` and ``energy`` (N, C) float32, C-contiguous.
+
+        symmetric: K̃Q = n ⊙ K(n ⊙ Q), n = (K1)^−½; after: K̃Q = n ⊙ KQ, n = (K1)^−1;
+        none: K̃Q = KQ.
+        """
+        in_scale = self.norm if self.normalization == "symmetric" else None
+        return self.filter.apply(q, energy, self.weight, in_scale=in_scale, out_scale=self.norm)
 
     def message(self, q):
-        """``w · K̃ Q`` for ``q`` (N, C) float32: the pairwise part of the mean-field update."""
-        if self.normalization == "symmetric":
-            out = self.norm * self._kernel(self.norm * q)
-        elif self.normalization == "after":
-            out = self.norm * self._kernel(q)
-        else:
-            out = self._kernel(q)
-        return self.weight * out
+        """``w · K̃ Q`` as a new (N, C) float32 array."""
+        return self.add_message(q, backend.array_module(q).zeros_like(q))
 
 
-def softmax_labels(energy):
-    """Row-wise softmax of an (N, C) array (max subtracted first), float32."""
+def _subtract_max_point(p, energy):
+    """energy[p] −= max(energy[p])."""
+    row = energy[p]
+    top = row[0]
+    for k in range(1, row.shape[0]):
+        top = max(top, row[k])
+    for k in range(row.shape[0]):
+        row[k] = row[k] - top
+
+
+def _normalize_point(p, q):
+    """q[p] /= Σ q[p]."""
+    row = q[p]
+    total = float32(0.0)
+    for k in range(row.shape[0]):
+        total += row[k]
+    for k in range(row.shape[0]):
+        row[k] = row[k] / total
+
+
+_subtract_max_point_cpu = njit(cache=True)(_subtract_max_point)
+_normalize_point_cpu = njit(cache=True)(_normalize_point)
+
+
+@njit(parallel=True, cache=True)
+def _subtract_max_cpu(energy):
+    for p in prange(energy.shape[0]):
+        _subtract_max_point_cpu(p, energy)
+
+
+@njit(parallel=True, cache=True)
+def _normalize_cpu(q):
+    for p in prange(q.shape[0]):
+        _normalize_point_cpu(p, q)
+
+
+if backend.cuda is not None:
+    _cuda = backend.cuda  # a module global, as the CUDA simulator expects
+    _subtract_max_point_gpu = _cuda.jit(device=True)(_subtract_max_point)
+    _normalize_point_gpu = _cuda.jit(device=True)(_normalize_point)
+
+    @_cuda.jit
+    def _subtract_max_gpu(energy):
+        p = _cuda.grid(1)
+        if p < energy.shape[0]:
+            _subtract_max_point_gpu(p, energy)
+
+    @_cuda.jit
+    def _normalize_gpu(q):
+        p = _cuda.grid(1)
+        if p < q.shape[0]:
+            _normalize_point_gpu(p, q)
+
+
+def softmax_labels(energy, out=None, kernels=None):
+    """Softmax over labels of each row of an (N, C) float32 ``energy``, in float32:
+    subtract the row's max, exponentiate (the array module's vectorised exp), divide by the
+    row's sum. ``energy`` is overwritten (max subtracted); returns ``out`` (new if None).
+    ``kernels``: ``"numba"`` (default for NumPy) or ``"cuda"`` (default for CuPy; NumPy
+    arrays under the CUDA simulator)."""
     xp = backend.array_module(energy)
-    e = xp.exp(energy - energy.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    out = xp.empty_like(energy) if out is None else out
+    if (kernels or ("numba" if xp is np else "cuda")) == "numba":
+        _subtract_max_cpu(energy)
+        np.exp(energy, out=out)
+        _normalize_cpu(out)
+    else:
+        blocks = (energy.shape[0] + 127) // 128
+        _subtract_max_gpu[blocks, 128](energy)
+        xp.exp(energy, out=out)
+        _normalize_gpu[blocks, 128](out)
+    return out
 
 
-def mean_field_step(q, log_p, terms):
+def mean_field_step(q, log_p, terms, out=None):
     """One synchronous mean-field update, all pixels at once.
 
         Q_new = softmax_l( log P + Σ_m w_m K̃_m Q )
@@ -126,6 +191,7 @@ def mean_field_step(q, log_p, terms):
     q : (N, C) float32, the current Q, one row per pixel
     log_p : (N, C) float32, −θ_i = log P_i (:func:`minilab.crf.potentials.log_probs`)
     terms : list of :class:`PairwiseTerm`
+    out : optional (N, C) float32 array for the result (not ``q``)
 
     Returns
     -------
@@ -133,8 +199,8 @@ def mean_field_step(q, log_p, terms):
     """
     energy = log_p.copy()
     for term in terms:
-        energy += term.message(q)
-    return softmax_labels(energy)
+        term.add_message(q, energy)
+    return softmax_labels(energy, out=out)
 
 
 def map_labels(q):
@@ -212,7 +278,8 @@ def dense_crf(image, probs, *, iterations=10, w1, sigma_alpha, sigma_beta, w2=3.
     terms = [PairwiseTerm(spatial, w2, method, normalization, include_self),  # the reference's order
              PairwiseTerm(bilateral, w1, method, normalization, include_self)]
     log_p = potentials.log_probs(probs)
-    q = softmax_labels(log_p)
+    q = softmax_labels(log_p.copy())
+    spare = backend.array_module(q).empty_like(q)
     for _ in range(iterations):
-        q = mean_field_step(q, log_p, terms)
+        q, spare = mean_field_step(q, log_p, terms, out=spare), q
     return q.T.reshape(c, h, w).copy()

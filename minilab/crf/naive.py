@@ -23,28 +23,57 @@ class ExactFilter:
     Parameters
     ----------
     features : (N, F) float array, NumPy or CuPy; at most :data:`MAX_PIXELS` rows.
+    include_self : bool
+        False drops the diagonal of the kernel matrix (k(f_i, f_i) = 1): the sum runs over
+        j != i, as in the paper's eq. (3).
     """
 
-    def __init__(self, features):
+    def __init__(self, features, include_self=True):
         n = features.shape[0]
         if n > MAX_PIXELS:
             raise ValueError(f"method='naive' is exact and O(N²): it accepts at most {MAX_PIXELS} "
                              f"pixels (256×256), got {n}; use method='lattice'")
         self.xp = backend.array_module(features)
+        self.include_self = include_self
         f = features.astype(np.float64)
         self.features = f - f.mean(axis=0)
         self.sq_norms = (self.features**2).sum(axis=1)
+        # Small images: keep the whole kernel matrix (it fits in one chunk), so repeated
+        # calls (mean-field iterations) are one matrix product each.
+        self.matrix = self._kernel_rows(0, n) if n * n <= CHUNK_ELEMENTS else None
+
+    def _kernel_rows(self, start, stop):
+        """Rows start:stop of the kernel matrix exp(−½|f_i − f_j|²), float64."""
+        xp, f, sq = self.xp, self.features, self.sq_norms
+        dist2 = sq[start:stop, None] + sq[None, :] - 2.0 * (f[start:stop] @ f.T)
+        return xp.exp(-0.5 * xp.maximum(dist2, 0.0))
 
     def __call__(self, values):
         """``Σ_j exp(−½|f_i − f_j|²) v_j`` for ``values`` (N, C); returns (N, C) of values' dtype."""
-        xp, f, sq = self.xp, self.features, self.sq_norms
-        n = f.shape[0]
+        n = self.features.shape[0]
         v = values.astype(np.float64)
-        out = xp.empty(values.shape, dtype=np.float64)
-        rows = max(1, CHUNK_ELEMENTS // n)
-        for start in range(0, n, rows):
-            stop = min(n, start + rows)
-            dist2 = sq[start:stop, None] + sq[None, :] - 2.0 * (f[start:stop] @ f.T)
-            kernel = xp.exp(-0.5 * xp.maximum(dist2, 0.0))
-            out[start:stop] = kernel @ v
+        if self.matrix is not None:
+            out = self.matrix @ v
+        else:
+            out = self.xp.empty(values.shape, dtype=np.float64)
+            rows = max(1, CHUNK_ELEMENTS // n)
+            for start in range(0, n, rows):
+                stop = min(n, start + rows)
+                out[start:stop] = self._kernel_rows(start, stop) @ v
+        if not self.include_self:
+            out -= v
         return out.astype(values.dtype)
+
+    def apply(self, values, out, factor=1.0, in_scale=None, out_scale=None, accumulate=True):
+        """``out (+)= factor · out_scale ⊙ K(in_scale ⊙ values)`` (the lattice's signature)."""
+        if in_scale is not None:
+            values = in_scale[:, None] * values
+        result = self(values)
+        if out_scale is not None:
+            result *= out_scale[:, None]
+        result *= np.float32(factor)
+        if accumulate:
+            out += result
+        else:
+            out[...] = result
+        return out

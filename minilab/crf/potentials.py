@@ -111,5 +111,5 @@ def log_probs(probs):
     """
     xp = backend.array_module(probs)
     c = probs.shape[0]
-    p = probs.reshape(c, -1).T.astype(np.float32)
+    p = xp.ascontiguousarray(probs.reshape(c, -1).T, dtype=np.float32)
     return xp.log(xp.maximum(p, PROB_FLOOR))

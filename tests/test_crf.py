@@ -1,0 +1,204 @@
+"""Dense CRF: features, one mean-field step against a dense-matrix reference, options, bad inputs."""
+import numpy as np
+import pytest
+
+from minilab import crf
+from minilab.crf import lattice, naive
+
+
+def _image(rng, h=6, w=5):
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def _probs(rng, c, h, w, dtype=np.float32):
+    p = rng.dirichlet(np.ones(c), size=(h, w)).transpose(2, 0, 1)
+    return p.astype(dtype)
+
+
+def test_features_are_scaled_positions_and_colours():
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    f = crf.bilateral_features(image, 2.0, 4.0)
+    assert f.shape == (6, 5) and f.dtype == np.float32
+    # pixel n = row * W + column; x is the column
+    np.testing.assert_array_equal(f[4, :2], [1 / 2.0, 1 / 2.0])
+    np.testing.assert_array_equal(f[5, :2], [2 / 2.0, 1 / 2.0])
+    np.testing.assert_array_equal(f[5, 2:], image[1, 2].astype(np.float32) / np.float32(4.0))
+    s = crf.spatial_features((2, 3), 3.0)
+    np.testing.assert_array_equal(s, f[:, :2] * np.float32(2.0) / np.float32(3.0))
+
+
+def _dense_step(image, probs, q, w1, sa, sb, w2, sg, normalization, include_self):
+    """The update written with explicit N×N kernel matrices (float64)."""
+    c, h, w = probs.shape
+    rows, cols = np.mgrid[0:h, 0:w]
+    pos = np.stack([cols.ravel(), rows.ravel()], 1).astype(np.float64)
+    rgb = image.reshape(-1, image.shape[2]).astype(np.float64)
+    d2 = lambda a: ((a[:, None, :] - a[None, :, :]) ** 2).sum(-1)
+    kernels = [(w2, np.exp(-d2(pos) / (2 * sg**2))),
+               (w1, np.exp(-d2(pos) / (2 * sa**2) - d2(rgb) / (2 * sb**2)))]
+    energy = np.log(np.maximum(probs.reshape(c, -1).T.astype(np.float64), 1e-10))
+    for weight, k in kernels:
+        if not include_self:
+            np.fill_diagonal(k, 0.0)
+        k1 = k.sum(1)
+        if normalization == "symmetric":
+            kq = k1[:, None] ** -0.5 * (k @ (k1[:, None] ** -0.5 * q))
+        elif normalization == "after":
+            kq = (k @ q) / k1[:, None]
+        else:
+            kq = k @ q
+        energy += weight * kq
+    e = np.exp(energy - energy.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("normalization", crf.NORMALIZATIONS)
+@pytest.mark.parametrize("include_self", [True, False])
+def test_naive_step_matches_dense_matrices(rng, normalization, include_self):
+    image, probs = _image(rng), _probs(rng, 3, 6, 5)
+    args = dict(w1=4.0, sa=3.0, sb=40.0, w2=3.0, sg=2.0)
+    log_p = crf.log_probs(probs)
+    q = crf.softmax_labels(log_p.copy())
+    terms = [crf.PairwiseTerm(crf.spatial_features((6, 5), args["sg"]), args["w2"], "naive", normalization,
+                              include_self),
+             crf.PairwiseTerm(crf.bilateral_features(image, args["sa"], args["sb"]), args["w1"], "naive",
+                              normalization, include_self)]
+    got = crf.mean_field_step(q, log_p, terms)
+    want = _dense_step(image, probs, q.astype(np.float64), normalization=normalization,
+                       include_self=include_self, **args)
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    # and dense_crf with one iteration is that step
+    full = crf.dense_crf(image, probs, iterations=1, w1=4.0, sigma_alpha=3.0, sigma_beta=40.0, w2=3.0,
+                         sigma_gamma=2.0, method="naive", normalization=normalization, include_self=include_self)
+    np.testing.assert_allclose(full.reshape(3, -1).T, want, atol=2e-6)
+
+
+@pytest.mark.parametrize("method", sorted(crf.METHODS))
+def test_dense_crf_returns_a_distribution(rng, method):
+    image, probs = _image(rng, 12, 10), _probs(rng, 4, 12, 10, np.float64)
+    q = crf.dense_crf(image, probs, w1=5, sigma_alpha=10, sigma_beta=5, method=method)
+    assert q.shape == probs.shape and q.dtype == np.float32
+    np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-5)
+    assert (q >= 0).all()
+    q0 = crf.dense_crf(image, probs, iterations=0, w1=5, sigma_alpha=10, sigma_beta=5, method=method)
+    np.testing.assert_allclose(q0, probs, atol=1e-6)
+
+
+def test_crf_smooths_towards_the_image(rng):
+    """Two flat colour regions, unaries that are right only by a small margin with noise:
+    the CRF labels each region by its colour."""
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[:, 8:] = 200
+    truth = (np.arange(16)[None, :] >= 8).repeat(16, 0)
+    logits = np.stack([1.0 - truth, truth.astype(float)]) * 0.6 + rng.normal(0, 1.0, (2, 16, 16))
+    p = np.exp(logits) / np.exp(logits).sum(0)
+    before = (p.argmax(0) == truth).mean()
+    q = crf.dense_crf(image, p, w1=10, sigma_alpha=20, sigma_beta=10)
+    assert before < 0.9 and (crf.map_labels(q) == truth).all()
+
+
+def test_float_feature_images_with_any_channel_count(rng):
+    feats = rng.random((10, 9, 4))
+    probs = _probs(rng, 3, 10, 9)
+    for method in crf.METHODS:
+        q = crf.dense_crf(feats, probs, w1=3, sigma_alpha=5, sigma_beta=0.5, method=method)
+        np.testing.assert_allclose(q.sum(0), 1.0, atol=1e-5)
+
+
+def test_map_labels(rng):
+    q = _probs(rng, 5, 4, 3)
+    np.testing.assert_array_equal(crf.map_labels(q), q.argmax(0))
+
+
+def test_gaussian_filter_far_points_do_not_interact():
+    """Points 30σ apart: the exact filter is the identity and the lattice filters each
+    point on its own (changing one value changes that point's output alone)."""
+    f = np.array([[0.0, 0.0], [0.0, 30.0], [30.0, 0.0]], np.float32)
+    v = np.array([1.0, 2.0, 3.0], np.float32)
+    np.testing.assert_allclose(crf.gaussian_filter(f, v, method="naive"), v, rtol=1e-6)
+    out = crf.gaussian_filter(f, v)
+    assert out.shape == v.shape and (out > 0).all()
+    changed = crf.gaussian_filter(f, v * np.array([1, 5, 1], np.float32))
+    np.testing.assert_array_equal(changed[[0, 2]], out[[0, 2]])
+    np.testing.assert_allclose(changed[1], 5 * out[1], rtol=1e-6)
+
+
+def test_sorted_and_hash_table_lattices_are_the_same(rng):
+    # Both number vertices in order of first appearance, as the reference does.
+    image = (rng.random((20, 24, 3)) * 255).astype(np.uint8)
+    f = crf.bilateral_features(image, 6.0, 20.0)
+    a = crf.LatticeFilter(f)
+    offsets, keys, table = lattice._build_hash_table(*_embedding(f))
+    np.testing.assert_array_equal(offsets, a.offsets)
+    np.testing.assert_array_equal(lattice._neighbours_cpu(table, keys), a.neighbours)
+
+
+def _embedding(f):
+    n, d = f.shape
+    rem0, rank = np.empty((n, d + 1), np.int32), np.empty((n, d + 1), np.int32)
+    lattice._embed_cpu(f, lattice.scale_factors(d), np.empty((n, d + 1), np.float32), rem0, rank,
+                       np.empty((n, d + 2), np.float32))
+    return rem0, rank
+
+
+def test_embedding_weights_are_barycentric(rng):
+    f = (rng.random((500, 5)) * 20).astype(np.float32)
+    a = crf.LatticeFilter(f)
+    np.testing.assert_allclose(a.weights.sum(1), 1.0, atol=1e-5)
+    assert (a.weights > -1e-6).all()
+    assert np.unique(a.offsets[0]).size == 6  # d+1 distinct vertices
+
+
+def test_include_self_false_needs_naive(rng):
+    with pytest.raises(ValueError, match="include_self=False needs method='naive'"):
+        crf.dense_crf(_image(rng), _probs(rng, 2, 6, 5), w1=3, sigma_alpha=3, sigma_beta=3, include_self=False)
+
+
+GOOD = dict(w1=4.0, sigma_alpha=5.0, sigma_beta=5.0)
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda im, p, kw: (im, p * 1.5, kw), ValueError, "sum to 1"),
+    (lambda im, p, kw: (im, np.where(p == p.min(), -0.01, p), kw), ValueError, ">= 0"),
+    (lambda im, p, kw: (im, np.where(p > 0.3, np.nan, p), kw), ValueError, "NaN"),
+    (lambda im, p, kw: (im, np.where(p > 0.3, np.inf, p), kw), ValueError, "NaN or infinity"),
+    (lambda im, p, kw: (im[:5], p, kw), ValueError, "same pixels"),
+    (lambda im, p, kw: (im, p.astype(np.int64), kw), TypeError, "float32 or float64"),
+    (lambda im, p, kw: (im, p.tolist(), kw), TypeError, "NumPy or CuPy array"),
+    (lambda im, p, kw: (im.astype(np.int16), p, kw), TypeError, "uint8"),
+    (lambda im, p, kw: (im[..., 0], p, kw), ValueError, "H×W×3"),
+    (lambda im, p, kw: (im, p[:1] / p[:1], kw), ValueError, "at least 2 labels"),
+    (lambda im, p, kw: (im, p[0], kw), ValueError, "3 dimensions"),
+    (lambda im, p, kw: (im, p, {**kw, "sigma_alpha": 0.0}), ValueError, "sigma_alpha"),
+    (lambda im, p, kw: (im, p, {**kw, "sigma_beta": -1.0}), ValueError, "sigma_beta"),
+    (lambda im, p, kw: (im, p, {**kw, "sigma_gamma": float("nan")}), ValueError, "sigma_gamma"),
+    (lambda im, p, kw: (im, p, {**kw, "iterations": -1}), ValueError, "iterations"),
+    (lambda im, p, kw: (im, p, {**kw, "iterations": 2.5}), TypeError, "iterations"),
+    (lambda im, p, kw: (im, p, {**kw, "w1": float("inf")}), ValueError, "w1"),
+    (lambda im, p, kw: (im, p, {**kw, "method": "fast"}), ValueError, "method"),
+    (lambda im, p, kw: (im, p, {**kw, "normalization": "sym"}), ValueError, "normalization"),
+    (lambda im, p, kw: (im, p, {**kw, "device": "tpu"}), ValueError, "device"),
+])
+def test_bad_inputs_raise_clear_errors(rng, change, error, match):
+    image, probs, kwargs = change(_image(rng), _probs(rng, 3, 6, 5), dict(GOOD))
+    with pytest.raises(error, match=match):
+        crf.dense_crf(image, probs, **kwargs)
+
+
+def test_naive_refuses_big_images():
+    image = np.zeros((300, 300, 3), np.uint8)
+    probs = np.full((2, 300, 300), 0.5, np.float32)
+    with pytest.raises(ValueError, match="method='naive'.*at most"):
+        crf.dense_crf(image, probs, method="naive", **GOOD)
+    with pytest.raises(ValueError, match="at most"):
+        naive.ExactFilter(np.zeros((naive.MAX_PIXELS + 1, 2), np.float32))
+
+
+def test_gaussian_filter_checks_its_inputs():
+    f = np.zeros((4, 2), np.float32)
+    with pytest.raises(ValueError, match="values must be"):
+        crf.gaussian_filter(f, np.zeros((5, 2), np.float32))
+    with pytest.raises(ValueError, match="features must have 2 dimensions"):
+        crf.gaussian_filter(f[0], np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="method"):
+        crf.gaussian_filter(f, np.zeros(4, np.float32), method="exact")

@@ -4,8 +4,8 @@ Each subcommand is one ``add_<name>(subparsers)`` function that declares its arg
 sets ``run=`` to the function doing the work; :data:`SUBCOMMANDS` lists them. Adding a
 subcommand is one function and one line in that list.
 
-Errors a user can cause (a missing file, arrays of the wrong shape, a bad parameter) are
-reported as ``minilab <command>: error: <message>`` with exit status 2, like argparse's own.
+Errors a user can cause (a missing file, arrays of the wrong shape, a bad parameter, a GPU
+asked for where there is none) are reported as ``minilab <command>: error: <message>`` with exit status 2, like argparse's own.
 """
 import argparse
 import concurrent.futures
@@ -24,7 +24,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from . import validate
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
+# What bad input raises (minilab.validate's errors, missing files, no GPU): reported in one line.
+USER_ERRORS = (OSError, ValueError, TypeError, RuntimeError)
 
 
 def main(argv=None):
@@ -33,7 +37,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (OSError, ValueError, TypeError) as error:
+    except USER_ERRORS as error:
         parser.exit(2, f"minilab {args.command}: error: {error}\n")
     return 0
 
@@ -117,16 +121,22 @@ def run_crf(args):
         raise ValueError(f"IMAGE {image} is a folder, so PROBS must be one too; got {probs}")
     jobs = _crf_jobs(image, probs, out)
     out.mkdir(parents=True, exist_ok=True)
-    workers = min(max(1, args.jobs), len(jobs))
+    workers = min(validate.integer("--jobs", args.jobs, minimum=1), len(jobs))
     # spawn, not fork: Numba's OpenMP threads do not survive a fork
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=context, initializer=_limit_threads,
             initargs=(max(1, (os.cpu_count() or 1) // workers),)) as pool:
-        futures = [pool.submit(crf_file, i, q, o, params, args.logits) for i, q, o in jobs]
+        futures = {pool.submit(crf_file, i, q, o, params, args.logits): q for i, q, o in jobs}
         for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
                            desc="crf", unit="image", file=sys.stderr):
-            future.result()
+            error = future.exception()
+            if error is not None:
+                for other in futures:
+                    other.cancel()
+                if isinstance(error, USER_ERRORS):
+                    raise type(error)(f"{futures[future].name}: {error}") from error
+                raise error
 
 
 def _crf_jobs(images, probs, out):

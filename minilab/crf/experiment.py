@@ -8,8 +8,10 @@ network at hand, this module imitates such a score map from the ground truth:
 1. one-hot labels, C×H×W (void pixels, 255, spread uniformly over the classes);
 2. average-pooled over 8×8 blocks (the stride-8 map);
 3. blurred with a Gaussian of ``blur`` coarse pixels (the network's large receptive field);
-4. turned into scores, ``gain · p + noise`` with independent Gaussian noise of standard
-   deviation ``noise`` per coarse cell and class (the network's mistakes);
+4. turned into scores ``gain · log(p + 0.001) + noise``, with independent Gaussian noise of
+   standard deviation ``noise`` per coarse cell and class (the network's mistakes); with
+   ``gain = 1`` the probabilities are the blurred block fractions themselves, confident
+   inside objects and uncertain across the 8-16 pixels of each outline, as a network's are;
 5. upsampled ×8 bilinearly (half-pixel centres, so each block's value sits at the block's
    centre; ``scipy.ndimage.zoom(order=1, grid_mode=True)``) and soft-maxed over classes.
 
@@ -31,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from .. import metrics, validate
-from . import dense_crf, map_labels
+from . import dense_crf, map_labels, tune
 from .tune import DEEPLAB_PARAMS
 
 VOC_SAMPLE = Path(__file__).resolve().parent.parent / "data" / "voc_sample"
@@ -61,7 +63,7 @@ def load_voc_sample(scale=1.0):
     return samples
 
 
-def coarse_probs(labels, num_classes=NUM_CLASSES, *, factor=8, blur=1.0, gain=4.0, noise=1.0,
+def coarse_probs(labels, num_classes=NUM_CLASSES, *, factor=8, blur=1.0, gain=1.0, noise=1.0,
                  rng=None, ignore_index=255):
     """A stride-``factor`` DCNN-like probability map made from ground-truth ``labels``.
 
@@ -77,7 +79,8 @@ def coarse_probs(labels, num_classes=NUM_CLASSES, *, factor=8, blur=1.0, gain=4.
     blur : float >= 0
         Standard deviation, in coarse pixels, of the Gaussian blur of the pooled map.
     gain, noise : float
-        Scores = ``gain · pooled + N(0, noise²)`` per coarse cell and class.
+        Scores = ``gain · log(pooled + 0.001) + N(0, noise²)`` per coarse cell and class,
+        before the ×8 upsampling and the softmax.
     rng : numpy.random.Generator, optional
 
     Returns
@@ -189,7 +192,7 @@ def figures(samples, result, out):
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out / "crf_examples.png", dpi=80)
+    fig.savefig(out / "crf_examples.png", dpi=60)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -207,20 +210,66 @@ def figures(samples, result, out):
     plt.close(fig)
 
 
+def held_out(samples, tune_count=3, *, scale=1.0, seed=0, coarse=None, rounds=1,
+             progress=True, **coarse_options):
+    """Cross-validate w1, σα, σβ on the first ``tune_count`` samples; compare on the others.
+
+    :func:`minilab.crf.tune.cross_validate` (``coarse``: the paper's grid by default; σα and σγ scaled
+    by ``scale`` like the photos) picks the parameters on coarse maps of the first samples
+    (noise seed ``seed + 1``); :func:`run` then scores the remaining samples with
+    :data:`~minilab.crf.tune.DEEPLAB_PARAMS` and with the tuned parameters.
+
+    Returns
+    -------
+    dict with ``"tuned"`` (the parameters, σ's in full-size pixels), ``"default"`` and
+    ``"tuned_run"`` (:func:`run`'s results on the held-out samples) and ``"table"`` (the
+    search's rows, σα in pixels of the scaled photos).
+    """
+    coarse = tune.COARSE_GRID if coarse is None else coarse
+    rng = np.random.default_rng(seed + 1)
+    tuning = [(image, coarse_probs(labels, rng=rng, **coarse_options), labels)
+              for _, image, labels in samples[:tune_count]]
+    grid = dict(coarse, sigma_alpha=tuple(s * scale for s in coarse["sigma_alpha"]))
+    steps = dict(tune.FINE_STEPS, sigma_alpha=tune.FINE_STEPS["sigma_alpha"] * scale)
+    best, table = tune.cross_validate(tuning, coarse=grid, fine_steps=steps, rounds=rounds,
+                                      sigma_gamma=DEEPLAB_PARAMS["sigma_gamma"] * scale, progress=progress)
+    best["sigma_alpha"] /= scale
+    best["sigma_gamma"] = DEEPLAB_PARAMS["sigma_gamma"]  # fixed, in full-size pixels
+    rest = samples[tune_count:]
+    return {"tuned": best, "table": table,
+            "default": run(rest, scale=scale, seed=seed, **coarse_options),
+            "tuned_run": run(rest, best, scale=scale, seed=seed, **coarse_options)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="The CRF experiment on the VOC sample photos.")
-    parser.add_argument("--out", default="docs/img", help="folder for the figures and results.json")
-    parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="docs/img", help="folder for the figures and crf_experiment.json")
+    parser.add_argument("--scale", type=float, default=1.0, help="shrink the photos (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the score maps' noise")
+    for name in ("noise", "blur", "gain"):
+        parser.add_argument(f"--{name}", type=float, default=1.0, help=f"coarse_probs' {name} (default 1)")
+    parser.add_argument("--held-out", action="store_true",
+                        help="instead: cross-validate on 3 photos, compare DeepLab's and the tuned parameters "
+                             "on the other 4 (writes crf_held_out.json)")
     args = parser.parse_args(argv)
     samples = load_voc_sample(args.scale)
-    result = run(samples, scale=args.scale, seed=args.seed, keep_maps=True)
+    options = dict(noise=args.noise, blur=args.blur, gain=args.gain)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    figures(samples, result, args.out)
-    result.pop("maps")
-    with open(Path(args.out) / "crf_experiment.json", "w") as f:
+    if args.held_out:
+        result = held_out(samples, scale=args.scale, seed=args.seed, **options)
+        name = "crf_held_out.json"
+        summary = {"tuned": result["tuned"], "mIoU without CRF": result["default"]["before"]["miou"],
+                   "mIoU, DeepLab's parameters": result["default"]["after"]["miou"],
+                   "mIoU, tuned parameters": result["tuned_run"]["after"]["miou"]}
+    else:
+        result = run(samples, scale=args.scale, seed=args.seed, keep_maps=True, **options)
+        figures(samples, result, args.out)
+        result.pop("maps")
+        name = "crf_experiment.json"
+        summary = {k: result[k] for k in ("before", "after")}
+    with open(Path(args.out) / name, "w") as f:
         json.dump(result, f, indent=1)
-    print(json.dumps({k: result[k] for k in ("before", "after")}, indent=1))
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":

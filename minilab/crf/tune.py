@@ -10,7 +10,7 @@ counts added over images, not scores averaged).
 import itertools
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .. import metrics, validate
 from . import dense_crf, map_labels

@@ -1,0 +1,119 @@
+"""The ``minilab`` command, run through ``main([...])`` on tiny files."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from minilab import cli, viz
+from minilab.crf import dense_crf, map_labels
+
+PARAMS = ["--method", "naive", "--iterations", "3", "--sigma-alpha", "4", "--sigma-gamma", "1"]
+
+
+def tiny_pair(folder, name, rng, h=10, w=12, c=3):
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    probs = rng.random((c, h, w)).astype(np.float32) + 0.1
+    probs /= probs.sum(axis=0)
+    Image.fromarray(image).save(folder / f"{name}.png")
+    np.save(folder / f"{name}.npy", probs)
+    return image, probs
+
+
+def expected_labels(image, probs):
+    q = dense_crf(image, probs, iterations=3, w1=5.0, sigma_alpha=4.0, sigma_beta=3.0, w2=3.0,
+                  sigma_gamma=1.0, method="naive")
+    return map_labels(q)
+
+
+def read_png(path):
+    with Image.open(path) as im:
+        assert im.mode == "P"
+        assert list(im.getpalette()[:6]) == [0, 0, 0, 128, 0, 0]
+        return np.asarray(im)
+
+
+def test_crf_one_image(tmp_path, rng):
+    image, probs = tiny_pair(tmp_path, "a", rng)
+    assert cli.main(["crf", str(tmp_path / "a.png"), str(tmp_path / "a.npy"), "-o", str(tmp_path / "out.png"),
+                     *PARAMS]) == 0
+    np.testing.assert_array_equal(read_png(tmp_path / "out.png"), expected_labels(image, probs))
+
+
+def test_crf_logits(tmp_path, rng):
+    image, probs = tiny_pair(tmp_path, "a", rng)
+    np.save(tmp_path / "scores.npy", np.log(probs) + 7.0)  # softmax of these is probs again
+    cli.main(["crf", str(tmp_path / "a.png"), str(tmp_path / "scores.npy"), "-o", str(tmp_path / "out.png"),
+              "--logits", *PARAMS])
+    np.testing.assert_array_equal(read_png(tmp_path / "out.png"), expected_labels(image, probs))
+
+
+def test_crf_folder_in_parallel(tmp_path, rng):
+    images, probs = tmp_path / "images", tmp_path / "probs"
+    images.mkdir()
+    probs.mkdir()
+    pairs = {name: tiny_pair(images, name, rng) for name in ("x", "y", "z")}
+    for name in pairs:
+        (images / f"{name}.npy").rename(probs / f"{name}.npy")
+    (images / "unused.png").write_bytes((images / "x.png").read_bytes())  # images without probs are skipped
+    out = tmp_path / "out" / "labels"
+    cli.main(["crf", str(images), str(probs), "-o", str(out), "--jobs", "2", *PARAMS])
+    assert sorted(p.name for p in out.iterdir()) == ["x.png", "y.png", "z.png"]
+    for name, (image, p) in pairs.items():
+        np.testing.assert_array_equal(read_png(out / f"{name}.png"), expected_labels(image, p))
+
+
+def run_error(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_input(tmp_path, rng, capsys):
+    image, probs = tiny_pair(tmp_path, "a", rng)
+    img, npy, out = str(tmp_path / "a.png"), str(tmp_path / "a.npy"), str(tmp_path / "o.png")
+    assert "a.png" not in run_error(capsys, ["crf", img, npy])  # -o is required
+    err = run_error(capsys, ["crf", str(tmp_path / "missing.png"), npy, "-o", out])
+    assert "minilab crf: error" in err and "missing.png" in err
+    err = run_error(capsys, ["crf", img, str(tmp_path / "missing.npy"), "-o", out])
+    assert "missing.npy" in err
+    np.save(tmp_path / "wide.npy", np.full((3, 10, 13), 1 / 3, np.float32))
+    err = run_error(capsys, ["crf", img, str(tmp_path / "wide.npy"), "-o", out])
+    assert "C×H×W" in err and "(10, 12)" in err and "(3, 10, 13)" in err
+    np.save(tmp_path / "int.npy", np.ones((3, 10, 12), np.int64))
+    assert "floats" in run_error(capsys, ["crf", img, str(tmp_path / "int.npy"), "-o", out])
+    np.save(tmp_path / "unnormalised.npy", probs * 2)
+    assert "sum to 1" in run_error(capsys, ["crf", img, str(tmp_path / "unnormalised.npy"), "-o", out])
+    assert "sigma_alpha" in run_error(capsys, ["crf", img, npy, "-o", out, "--sigma-alpha", "0"])
+    assert "iterations" in run_error(capsys, ["crf", img, npy, "-o", out, "--iterations", "-1"])
+    assert "invalid choice" in run_error(capsys, ["crf", img, npy, "-o", out, "--method", "fast"])
+    # folder mode: a folder of images with a file of probabilities, and a missing image
+    assert "must be one too" in run_error(capsys, ["crf", str(tmp_path), npy, "-o", out])
+    (tmp_path / "probs").mkdir()
+    np.save(tmp_path / "probs" / "b.npy", probs)
+    assert "no image for b.npy" in run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "probs"), "-o", out])
+    np.save(tmp_path / "probs" / "b.npy", probs * 2)
+    (tmp_path / "b.png").write_bytes((tmp_path / "a.png").read_bytes())
+    err = run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "probs"), "-o", str(tmp_path / "o"), "--jobs", "1"])
+    assert "b.npy: probs must sum to 1" in err  # a worker's error names its file
+    assert "--jobs must be >= 1" in run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "probs"), "-o", out, "--jobs", "0"])
+    (tmp_path / "empty").mkdir()
+    assert "no .npy file" in run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "empty"), "-o", out])
+
+
+def test_help_lists_crf(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "crf" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["crf", "--help"])
+    text = capsys.readouterr().out
+    assert "--sigma-alpha" in text and "sxy" in text
+
+
+def test_voc_palette():
+    palette = viz.voc_palette()
+    assert palette.shape == (256, 3) and palette.dtype == np.uint8
+    assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0]
+    assert palette[15].tolist() == [192, 128, 128] and palette[20].tolist() == [0, 64, 128]
+    assert palette[255].tolist() == [224, 224, 192]
+    assert len({tuple(c) for c in palette}) == 256

@@ -1,0 +1,73 @@
+"""The coarse-to-fine search against an exhaustive computation on a tiny set."""
+import itertools
+
+import numpy as np
+import pytest
+
+from minilab import metrics
+from minilab.crf import dense_crf, experiment, map_labels, tune
+
+COARSE = dict(w1=(2.0, 6.0), sigma_alpha=(2.0, 6.0), sigma_beta=(5.0, 20.0))
+STEPS = dict(w1=1.0, sigma_alpha=1.5, sigma_beta=4.0)
+FIXED = dict(w2=3.0, sigma_gamma=1.0, iterations=2, method="naive")
+
+
+@pytest.fixture(scope="module")
+def tiny_set():
+    rng = np.random.default_rng(3)
+    samples = []
+    for _, image, labels in experiment.load_voc_sample(scale=0.03)[:2]:
+        probs = experiment.coarse_probs(labels, factor=4, rng=rng)
+        samples.append((image, probs, labels))
+    return samples
+
+
+def direct_miou(samples, w1, sigma_alpha, sigma_beta):
+    conf = np.zeros((21, 21), np.int64)
+    for image, probs, labels in samples:
+        q = dense_crf(image, probs, w1=w1, sigma_alpha=sigma_alpha, sigma_beta=sigma_beta, **FIXED)
+        conf += metrics.confusion_matrix(map_labels(q), labels, 21)
+    return metrics.mean_iou(conf)
+
+
+def key(row):
+    return tuple(row[n] for n in tune.NAMES)
+
+
+def test_search_equals_exhaustive_grid(tiny_set):
+    exhaustive = {s: direct_miou(tiny_set, *s) for s in itertools.product(*(COARSE[n] for n in tune.NAMES))}
+    coarse_best = max(exhaustive, key=exhaustive.get)  # first of the maxima, in grid order
+
+    best, table = tune.cross_validate(tiny_set, coarse=COARSE, fine_steps=STEPS, rounds=1,
+                                      progress=False, **FIXED)
+    coarse = [r for r in table if r["stage"] == "coarse"]
+    assert [key(r) for r in coarse] == list(exhaustive)
+    assert [r["miou"] for r in coarse] == pytest.approx(list(exhaustive.values()), abs=1e-12)
+    assert best["w2"] == 3.0 and best["sigma_gamma"] == 1.0
+    neighbourhood = set(itertools.product(*([v + d * STEPS[n] for d in (-1, 0, 1) if v + d * STEPS[n] > 0]
+                                             for n, v in zip(tune.NAMES, coarse_best))))
+    fine = {key(r): r["miou"] for r in table if r["stage"] == "fine 1"}
+    assert set(fine) == neighbourhood - set(exhaustive)
+    for setting, miou in fine.items():
+        assert miou == pytest.approx(direct_miou(tiny_set, *setting), abs=1e-12)
+    everything = {**exhaustive, **fine}
+    assert key(best) == max(everything, key=everything.get)
+
+
+def test_bad_arguments(tiny_set):
+    best, table = tune.cross_validate(tiny_set[:1], coarse=dict(w1=(3.0,), sigma_alpha=(2.0,), sigma_beta=(5.0, 9.0)),
+                                      rounds=0, progress=False, **FIXED)  # the coarse grid alone
+    assert len(table) == 2 and key(best) == key(tune.best_row(table))
+    with pytest.raises(ValueError, match="samples"):
+        tune.cross_validate([], progress=False)
+    with pytest.raises(ValueError, match="missing 'sigma_beta'"):
+        tune.cross_validate(tiny_set, coarse=dict(w1=(3.0,), sigma_alpha=(2.0,)), progress=False)
+    with pytest.raises(ValueError, match="rounds"):
+        tune.cross_validate(tiny_set, rounds=-1, progress=False)
+    with pytest.raises(ValueError, match="grid key"):
+        tune.grid_search(tiny_set, dict(w3=(1.0,)), progress=False)
+
+
+def test_paper_grid():
+    assert tune.COARSE_GRID["sigma_alpha"] == tuple(range(30, 101, 10))
+    assert len(list(itertools.product(*tune.COARSE_GRID.values()))) == 4 * 8 * 4

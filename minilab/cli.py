@@ -9,12 +9,20 @@ asked for where there is none) are reported as ``minilab <command>: error: <mess
 """
 import argparse
 import concurrent.futures
+import json
 import multiprocessing
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-import numpy as np
+# One BLAS thread unless the user chose otherwise (before NumPy loads OpenBLAS): the small
+# matrix products of the tiny models gain little from a second thread and lose several-fold
+# when BLAS threads and Numba's threads compete for the same cores.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 from . import validate
 
@@ -190,7 +198,269 @@ def save_labels(path, labels):
     image.save(path)
 
 
-SUBCOMMANDS = [add_crf]
+# ---------------------------------------------------------------------------------------
+# minilab demo / train / eval / segment / bench
+# ---------------------------------------------------------------------------------------
+
+DATA_HELP = ("what to train or evaluate on: 'synthetic' (generated shapes, 5 classes), 'digits' "
+             "(handwritten digits from scikit-learn, 11 classes), 'voc' (a PASCAL VOC folder: --root), "
+             "or 'folder' (your own images and masks: --images, --masks, --num-classes)")
+
+
+def _set_threads(n):
+    from .train import limit_threads
+    limit_threads(n).__enter__()  # for the rest of the command
+
+
+def add_demo(subparsers):
+    p = subparsers.add_parser(
+        "demo", help="train a tiny DeepLab on synthetic scenes and show the CRF's effect (about 2-3 min)",
+        description=(
+            "Train a tiny DeepLab-ASPP from scratch on synthetic scenes (discs, squares, triangles and rings "
+            "on cluttered backgrounds), evaluate it on held-out scenes before and after the fully connected "
+            "CRF, and write into --out: segmentations.png (image / ground truth / before CRF / after CRF), "
+            "training.png (loss and learning rate), report.md, report.json and model.npz (a checkpoint for "
+            "'minilab segment' and 'minilab eval'). The last two lines printed are the mean IoU before and "
+            "after the CRF."),
+        epilog="example: minilab demo --out demo-out      (quick check: minilab demo --out /tmp/d --quick)")
+    p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out)")
+    p.add_argument("--iterations", type=int, default=2500, help="SGD iterations (default 2500)")
+    p.add_argument("--test-images", type=int, default=60, help="held-out scenes to evaluate on (default 60)")
+    p.add_argument("--quick", action="store_true",
+                   help="a small run (150 iterations, 10 test images, under a minute) to check the installation; "
+                        "its scores are low")
+    p.add_argument("--size", type=int, default=81,
+                   help="scene side in pixels (default 81; 8k+1 fits the stride-8 score map)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the model, the data and the sampling")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the Numba kernels (default 1)")
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args):
+    from .train.demo import run_demo as demo
+
+    _set_threads(args.threads)
+    iterations, test_images = (150, 10) if args.quick else (args.iterations, args.test_images)
+    report = demo(args.out, iterations=iterations, val_images=test_images, size=args.size, seed=args.seed,
+                  log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {args.out}/segmentations.png, training.png, report.md, report.json, model.npz "
+          f"({report['total_seconds']} s)")
+    print(f"mIoU before CRF: {report['miou_before_crf']:.4f}")
+    print(f"mIoU after CRF: {report['miou_after_crf']:.4f}")
+
+
+def _add_data_args(p, train=True):
+    p.add_argument("--data", choices=["synthetic", "digits", "voc", "folder"], default="synthetic", help=DATA_HELP)
+    p.add_argument("--root", metavar="DIR", help="voc: the folder holding JPEGImages/, SegmentationClass/, ImageSets/")
+    p.add_argument("--split", default="train" if train else "val",
+                   help="voc: the list ImageSets/Segmentation/SPLIT.txt (default %(default)s)")
+    p.add_argument("--images", metavar="DIR", help="folder: the images (jpg/png)")
+    p.add_argument("--masks", metavar="DIR",
+                   help="folder: one PNG per image, same name, pixel value = class id 0..C-1, 255 = unlabelled")
+    p.add_argument("--num-classes", type=int, help="folder: the number of classes C (background included)")
+    p.add_argument("--size", type=int, default=None, help="synthetic/digits: scene side in pixels")
+    p.add_argument("--scenes", type=int, default=None, help="synthetic/digits: number of scenes (evaluation)")
+
+
+def _dataset(args, split):
+    """The data set the arguments name; ``split`` is 'train' or 'val' (held-out scenes for generated data)."""
+    from . import data
+    if args.data == "synthetic":
+        seed = 0 if split == "train" else 10**6
+        return data.SyntheticScenes(args.scenes or (10**6 if split == "train" else 100), args.size or 81, seed=seed)
+    if args.data == "digits":
+        return data.DigitScenes(args.scenes or (10**6 if split == "train" else 100), args.size or 97,
+                                seed=0 if split == "train" else 10**6, split=split)
+    if args.data == "voc":
+        if not args.root:
+            raise ValueError("--data voc needs --root DIR (the folder with JPEGImages/ and SegmentationClass/)")
+        return data.VOCSegmentation(args.root, args.split, num_classes=args.num_classes or 21)
+    if not (args.images and args.masks and args.num_classes):
+        raise ValueError("--data folder needs --images DIR, --masks DIR and --num-classes C")
+    return data.ImageMaskFolder(args.images, args.masks, args.num_classes)
+
+
+def add_train(subparsers):
+    from .nn import PRESETS
+    p = subparsers.add_parser(
+        "train", help="train a DeepLab on generated data, a PASCAL VOC folder or your own images and masks",
+        description=(
+            "Train a DeepLab with SGD (momentum 0.9, weight decay 5e-4, classifier at 10x the learning rate, "
+            "'poly' or 'step' policy) and save a checkpoint (.npz) that 'minilab eval' and 'minilab segment' "
+            "read. Labels are PNGs whose pixel values are class ids 0..C-1 (0 usually background) and 255 for "
+            "pixels to ignore; VOC's palette PNGs are exactly that. Training images are randomly scaled "
+            "(0.5-1.5), cropped to --crop-size (padding labelled 255) and flipped. Stop with Ctrl-C and "
+            "continue later with --resume: the result is the same as one uninterrupted run."),
+        epilog=("examples:\n  minilab train --data synthetic --iterations 1500 --checkpoint shapes.npz\n"
+                "  minilab train --data folder --images imgs/ --masks masks/ --num-classes 3 --model demo "
+                "--crop-size 161 --checkpoint mine.npz"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_data_args(p)
+    p.add_argument("--model", default="demo", choices=["demo"] + sorted(PRESETS),
+                   help="'demo' is the demo's tiny VGG-ASPP; the others are minilab.nn presets (default demo)")
+    p.add_argument("--checkpoint", required=True, metavar="FILE.npz", help="where to save (and --resume from)")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    p.add_argument("--iterations", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop-size", type=int, default=81, help="side of the training crops; 8k+1 is best (default 81)")
+    p.add_argument("--lr", type=float, default=0.01, help="base learning rate (default 0.01)")
+    p.add_argument("--policy", choices=["poly", "step"], default="poly")
+    p.add_argument("--step-size", type=int, default=2000, help="step policy: iterations between x0.1 drops")
+    p.add_argument("--no-scale", action="store_true", help="turn off random scaling")
+    p.add_argument("--val-every", type=int, default=0, help="validate every N iterations (0: never)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="save every N iterations (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for the Numba kernels (default 1)")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args):
+    from . import nn
+    from .train import Trainer, TrainConfig, build_model, model_spec
+    from .train.demo import DEMO_MODEL
+
+    _set_threads(args.threads)
+    train_set = _dataset(args, "train")
+    c = train_set.num_classes
+    if args.model == "demo":
+        spec = model_spec("deeplab_vgg16", c, seed=args.seed, **DEMO_MODEL)
+    else:
+        builder, kwargs = nn.PRESETS[args.model]
+        spec = model_spec(builder.__name__, c, seed=args.seed, **kwargs)
+    generated = args.data in ("synthetic", "digits")
+    config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, crop_size=args.crop_size,
+                         base_lr=args.lr, policy=args.policy, step_size=args.step_size,
+                         scale_range=None if args.no_scale else (0.5, 1.5), val_every=args.val_every,
+                         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
+                         **(dict(mean=(128.0, 128.0, 128.0), input_scale=1 / 64) if generated else {}))
+    val_set = _dataset(args, "val") if args.val_every and generated else None
+    trainer = Trainer(build_model(spec), train_set, config, c, val_set=val_set, checkpoint=args.checkpoint,
+                      model_spec=spec)
+    if args.resume:
+        trainer.load(args.checkpoint)
+        print(f"resumed from {args.checkpoint} at iteration {trainer.iteration}", file=sys.stderr)
+    history = trainer.fit()
+    print(f"saved {args.checkpoint} at iteration {trainer.iteration}; mean loss of the last 50 iterations "
+          f"{np.mean(history['loss'][-50:]):.4f}")
+
+
+def _crf_params(args):
+    from .train.demo import DEMO_CRF
+    return dict(DEMO_CRF, **{k: getattr(args, k) for k in ("w1", "sigma_alpha", "sigma_beta")
+                             if getattr(args, k) is not None})
+
+
+def _add_crf_args(p):
+    p.add_argument("--crf", action="store_true", help="refine with the fully connected CRF")
+    p.add_argument("--w1", type=float, help="CRF appearance-kernel weight (default: the demo's, 5)")
+    p.add_argument("--sigma-alpha", type=float, help="CRF appearance-kernel position scale, pixels (default 10)")
+    p.add_argument("--sigma-beta", type=float, help="CRF appearance-kernel colour scale (default 10)")
+
+
+def add_eval(subparsers):
+    p = subparsers.add_parser(
+        "eval", help="score a checkpoint: mean IoU and pixel accuracy, with and without the CRF",
+        description=("Evaluate a checkpoint on a data set (held-out generated scenes by default) and print the "
+                     "mean IoU over classes, pixel accuracy and per-class IoU, before and (with --crf) after "
+                     "the CRF. Pixels labelled 255 are not scored."),
+        epilog="example: minilab eval --checkpoint demo-out/model.npz --crf")
+    p.add_argument("--checkpoint", required=True, metavar="FILE.npz")
+    _add_data_args(p, train=False)
+    _add_crf_args(p)
+    p.add_argument("--trimap", type=int, metavar="PX", help="also score pixels within PX of a boundary (Fig. 10)")
+    p.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(run=run_eval)
+
+
+def run_eval(args):
+    from .train import evaluate, load_model
+
+    _set_threads(args.threads)
+    model, meta = load_model(args.checkpoint)
+    dataset = _dataset(args, "val")
+    c = meta["model_spec"]["num_classes"]
+    if dataset.num_classes != c:
+        raise ValueError(f"the data has {dataset.num_classes} classes but the checkpoint's model {c}")
+    r = evaluate(model, dataset, c, crf=_crf_params(args) if args.crf else None, mean=meta["config"]["mean"],
+                 input_scale=meta["config"]["input_scale"], trimap_width=args.trimap, progress=True)
+    r.pop("examples")
+    for s, name in (("", "before CRF"), ("_crf", "after CRF")):
+        if f"miou{s}" in r:
+            per = ", ".join(f"{n} {v:.3f}" for n, v in zip(dataset.class_names, r[f"class_iou{s}"]))
+            print(f"{name}: mIoU {r[f'miou{s}']:.4f}, pixel accuracy {r[f'pixel_accuracy{s}']:.4f} ({per})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2))
+
+
+def add_segment(subparsers):
+    p = subparsers.add_parser(
+        "segment", help="label every pixel of one image with a trained checkpoint",
+        description=("Run a checkpoint on IMAGE and write the label map as a palette PNG (pixel value = class id, "
+                     "VOC colours). With --crf the probabilities are refined by the fully connected CRF first. "
+                     "--overlay also writes the image with the labels blended in."),
+        epilog="example: minilab segment photo.png --checkpoint demo-out/model.npz --crf -o labels.png")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("--checkpoint", required=True, metavar="FILE.npz")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.png")
+    p.add_argument("--overlay", metavar="FILE.png", help="also write the image with the labels blended in")
+    _add_crf_args(p)
+    p.set_defaults(run=run_segment)
+
+
+def run_segment(args):
+    from PIL import Image
+
+    from .crf import dense_crf
+    from .data import read_image
+    from .train import load_model, predict_probs
+    from .viz import overlay
+
+    model, meta = load_model(args.checkpoint)
+    image = read_image(args.image)
+    probs = predict_probs(model, image, meta["config"]["mean"], meta["config"]["input_scale"])
+    if args.crf:
+        probs = dense_crf(image, probs, **_crf_params(args))
+    labels = probs.argmax(0).astype(np.uint8)
+    save_labels(args.output, labels)
+    if args.overlay:
+        Image.fromarray(overlay(image, labels)).save(args.overlay)
+    counts = np.bincount(labels.ravel(), minlength=probs.shape[0])
+    print(f"wrote {args.output}: " + ", ".join(f"class {k} {n / labels.size:.1%}" for k, n in enumerate(counts) if n))
+
+
+def add_bench(subparsers):
+    p = subparsers.add_parser(
+        "bench", help="run the timing scripts in benchmarks/ (from a source checkout)",
+        description=("Run every benchmarks/bench_*.py (or those named) one after the other; each prints a table "
+                     "and writes JSON to benchmarks/results/. Needs the source tree (benchmarks/ is not installed)."))
+    p.add_argument("names", nargs="*", metavar="NAME", help="e.g. train crf (default: all)")
+    p.add_argument("--dir", default=None, metavar="DIR", help="the benchmarks folder (default: ./benchmarks, "
+                   "or the one beside the minilab package)")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args):
+    candidates = [Path(args.dir)] if args.dir else [Path("benchmarks"), Path(__file__).resolve().parent.parent / "benchmarks"]
+    folder = next((d for d in candidates if d.is_dir()), None)
+    if folder is None:
+        raise FileNotFoundError(f"no benchmarks folder (looked in {', '.join(map(str, candidates))}); "
+                                "run from a source checkout or pass --dir")
+    scripts = sorted(folder.glob("bench_*.py"))
+    if args.names:
+        scripts = [s for s in scripts if s.stem[len("bench_"):] in args.names]
+    if not scripts:
+        raise FileNotFoundError(f"no benchmark script matches in {folder}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    for script in scripts:
+        print(f"== {script.name}", flush=True)
+        if subprocess.run([sys.executable, str(script)], cwd=folder.parent, env=env).returncode:
+            raise ValueError(f"{script.name} failed")
+
+
+SUBCOMMANDS = [add_crf, add_demo, add_train, add_eval, add_segment, add_bench]
 
 if __name__ == "__main__":
     sys.exit(main())

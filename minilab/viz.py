@@ -1,8 +1,13 @@
-"""Pictures of segmentations: the PASCAL VOC colour palette.
+"""Pictures of segmentations: the PASCAL VOC colour palette, colourised label maps, overlays,
+the image / ground truth / before CRF / after CRF grid of Fig. 6, and training curves.
 
 Label maps are saved as palette ("P" mode) PNGs: one byte per pixel holding the class id,
 plus a 256-entry colour table, which is how PASCAL VOC ships its ground truth
 (``SegmentationClass/*.png``); 255 ("void") is drawn in cream.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly, not through pyplot, so
+they work without a display (and in threads); save them with ``fig.savefig(path)``, or pass
+``path=`` to write a PNG.
 """
 import numpy as np
 
@@ -25,3 +30,105 @@ def voc_palette():
         for c in range(3):
             palette[:, c] |= ((k >> (3 * j + c)) & 1) << (7 - j)
     return palette.astype(np.uint8)
+
+
+def colorize(labels, palette=None):
+    """An H×W label map (class ids 0..255) as an H×W×3 uint8 picture in the VOC colours."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be an H×W integer array, got {labels.dtype} of shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"labels must hold class ids 0..255, got {labels.min()}..{labels.max()}")
+    return (voc_palette() if palette is None else np.asarray(palette, np.uint8))[labels]
+
+
+def overlay(image, labels, alpha=0.5):
+    """The image with its label colours blended in (``alpha`` of colour); background (0) and
+    unlabelled (255) pixels are left as they are."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != np.shape(labels):
+        raise ValueError(f"image must be H×W×3 with the labels' size {np.shape(labels)}, got {image.shape}")
+    labels = np.asarray(labels)
+    out = image.astype(np.float32)
+    fg = (labels != 0) & (labels != 255)
+    out[fg] = (1 - alpha) * out[fg] + alpha * colorize(labels).astype(np.float32)[fg]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _figure(width, height):
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def comparison_grid(examples, path=None, titles=("image", "ground truth", "before CRF", "after CRF")):
+    """Fig. 6's layout: one row per example with the image, the ground truth, and the
+    predictions before and after the CRF.
+
+    Parameters
+    ----------
+    examples : list of dict
+        Each with ``image`` (H×W×3 uint8), ``labels``, ``pred`` and optionally ``pred_crf``
+        (H×W class ids), as returned in ``evaluate(..., keep=k)["examples"]``.
+    path : str or Path, optional
+        Where to save the figure (PNG).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not examples:
+        raise ValueError("examples must hold at least one example")
+    keys = ["image", "labels", "pred"] + (["pred_crf"] if "pred_crf" in examples[0] else [])
+    fig = _figure(2.0 * len(keys), 2.0 * len(examples))
+    axes = fig.subplots(len(examples), len(keys), squeeze=False)
+    for row, ex in zip(axes, examples):
+        for ax, key in zip(row, keys):
+            ax.imshow(ex[key] if key == "image" else colorize(ex[key]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax, title in zip(axes[0], titles):
+        ax.set_title(title, fontsize=10)
+    if path is not None:
+        fig.savefig(path)
+    return fig
+
+
+def training_curves(history, path=None, title=None):
+    """The training loss (and its running mean), the learning rate, and validation mean IoU.
+
+    ``history`` is a trainer's history: lists ``iteration``, ``loss``, ``lr`` and ``val`` (a
+    list of dicts with ``iteration``, ``miou`` and maybe ``miou_crf``). Several histories
+    can be compared by passing a dict ``{name: history}`` (Table 2's poly against step).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    runs = history if "loss" not in history else {"": history}
+    fig = _figure(10, 3.2)
+    ax_loss, ax_lr, ax_val = fig.subplots(1, 3)
+    for name, h in runs.items():
+        it, loss = np.asarray(h["iteration"]), np.asarray(h["loss"])
+        k = max(1, len(loss) // 20)
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        line, = ax_loss.plot(it, loss, alpha=0.25, linewidth=0.8)
+        ax_loss.plot(it[k - 1:], smooth, color=line.get_color(), label=name or "loss")
+        ax_lr.plot(it, h["lr"], color=line.get_color(), label=name or None)
+        if h.get("val"):
+            vit = [v["iteration"] for v in h["val"]]
+            ax_val.plot(vit, [v["miou"] for v in h["val"]], "o-", color=line.get_color(),
+                        label=f"{name} before CRF".strip())
+            if "miou_crf" in h["val"][0]:
+                ax_val.plot(vit, [v["miou_crf"] for v in h["val"]], "s--", color=line.get_color(),
+                            label=f"{name} after CRF".strip())
+    ax_loss.set(xlabel="iteration", ylabel="cross-entropy", title="training loss", yscale="log")
+    ax_lr.set(xlabel="iteration", ylabel="base learning rate", title="learning rate")
+    ax_val.set(xlabel="iteration", ylabel="mean IoU", title="validation")
+    for ax in (ax_loss, ax_val) + ((ax_lr,) if len(runs) > 1 else ()):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        fig.savefig(path)
+    return fig

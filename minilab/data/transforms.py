@@ -1,0 +1,113 @@
+"""Training-time augmentation and the network's input convention (§4).
+
+DeepLab augments by random scaling of the input image by a factor in [0.5, 1.5] (§4.3),
+random crops (321×321 on VOC) whose outside is padded with the mean colour in the image and
+with 255 ("unlabelled", ignored by the loss) in the labels, and horizontal flips. The
+network sees the image minus the mean colour, as N×3×H×W float32.
+
+Images are H×W×3 uint8 (RGB); label maps are H×W uint8 with classes 0..C-1 and 255.
+Every function that is random takes a ``numpy.random.Generator`` so training is
+reproducible from one seed.
+"""
+import numpy as np
+from PIL import Image
+
+from .. import validate
+
+#: PASCAL VOC's mean colour in RGB order (Caffe's DeepLab subtracts it in BGR order: 104.008, 116.669, 122.675).
+VOC_MEAN = (122.675, 116.669, 104.008)
+IGNORE = 255
+
+
+def check_pair(image, labels):
+    """Check an image (H×W×3 uint8) and its label map (H×W integers) and return them."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an H×W×3 uint8 array, got "
+                         f"{getattr(image, 'shape', type(image).__name__)} {getattr(image, 'dtype', '')}")
+    if not isinstance(labels, np.ndarray) or labels.ndim != 2 or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be an H×W integer array, got "
+                         f"{getattr(labels, 'shape', type(labels).__name__)} {getattr(labels, 'dtype', '')}")
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"labels must have the image's size {image.shape[:2]}, got {labels.shape}")
+    return image, labels
+
+
+def resize_pair(image, labels, size):
+    """Resize to ``size = (H, W)``: the image bilinearly, the labels by nearest neighbour."""
+    h, w = size
+    image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    labels = np.asarray(Image.fromarray(labels.astype(np.uint8)).resize((w, h), Image.NEAREST))
+    return image, labels
+
+
+def random_scale(image, labels, rng, scale_range=(0.5, 1.5)):
+    """Scale both by one factor drawn uniformly from ``scale_range`` (§4.3: 0.5 to 1.5)."""
+    s = rng.uniform(*scale_range)
+    h, w = labels.shape
+    return resize_pair(image, labels, (max(1, round(h * s)), max(1, round(w * s))))
+
+
+def random_crop(image, labels, size, rng, mean=VOC_MEAN):
+    """A ``size = (H, W)`` crop at a random place.
+
+    Where the image is smaller than the crop it is first padded (bottom and right) with
+    ``mean`` in the image and 255 in the labels, as Caffe's DeepLab does.
+    """
+    ch, cw = size
+    h, w = labels.shape
+    ph, pw = max(ch - h, 0), max(cw - w, 0)
+    if ph or pw:
+        padded = np.empty((h + ph, w + pw, 3), np.uint8)
+        padded[...] = np.round(mean).astype(np.uint8)
+        padded[:h, :w] = image
+        image = padded
+        labels = np.pad(labels, ((0, ph), (0, pw)), constant_values=IGNORE)
+    y = int(rng.integers(0, labels.shape[0] - ch + 1))
+    x = int(rng.integers(0, labels.shape[1] - cw + 1))
+    return image[y:y + ch, x:x + cw], labels[y:y + ch, x:x + cw]
+
+
+def random_flip(image, labels, rng):
+    """Mirror both left-right with probability 1/2."""
+    if rng.random() < 0.5:
+        return image[:, ::-1], labels[:, ::-1]
+    return image, labels
+
+
+def augment(image, labels, rng, crop_size, scale_range=(0.5, 1.5), flip=True, mean=VOC_MEAN):
+    """Random scaling (skipped when ``scale_range`` is None), random crop, random flip."""
+    check_pair(image, labels)
+    if scale_range is not None:
+        image, labels = random_scale(image, labels, rng, scale_range)
+    image, labels = random_crop(image, labels, validate.pair("crop_size", crop_size, 1), rng, mean)
+    if flip:
+        image, labels = random_flip(image, labels, rng)
+    return image, labels
+
+
+def to_input(images, mean=VOC_MEAN, scale=1.0):
+    """Images (H×W×3 or N×H×W×3 uint8) → network input N×3×H×W float32: ``(image - mean) * scale``."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"images must be H×W×3 or N×H×W×3, got shape {images.shape}")
+    x = (images.astype(np.float32) - np.asarray(mean, np.float32)) * np.float32(scale)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def make_batch(dataset, indices, rng, crop_size, scale_range=(0.5, 1.5), flip=True,
+               mean=VOC_MEAN, input_scale=1.0):
+    """Load ``dataset[i]`` for each index, augment, and stack.
+
+    Returns
+    -------
+    x : ndarray, N×3×H×W float32 (mean subtracted)
+    labels : ndarray, N×H×W uint8 (0..C-1, 255 unlabelled)
+    """
+    images, labels = [], []
+    for i in indices:
+        im, lab = augment(*dataset[int(i)], rng, crop_size, scale_range, flip, mean)
+        images.append(im)
+        labels.append(lab)
+    return to_input(np.stack(images), mean, input_scale), np.stack(labels).astype(np.uint8)

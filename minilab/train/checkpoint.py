@@ -1,0 +1,98 @@
+"""Checkpoints: one ``.npz`` file holding everything needed to continue training exactly.
+
+Layout (all plain arrays, readable with ``numpy.load(path)`` and no pickle):
+
+* ``model/<name>``: every entry of the model's ``state_dict()`` (weights, batch-norm statistics);
+* ``optimizer/<name>``: every entry of the optimiser's ``state_dict()`` (momentum buffers);
+* ``meta``: a JSON string with ``format``, ``version``, ``iteration`` (updates done),
+  ``config`` (the training settings), ``model_spec`` (how to rebuild the model), ``rng``
+  (the state of the data-sampling generator, so the next batch is the one an uninterrupted
+  run would draw) and ``history`` (loss, learning rate and validation scores so far).
+
+Files are written atomically: to a temporary file in the same folder, flushed to disk, then
+renamed over the target, so a crash mid-write leaves the previous checkpoint intact.
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import backend
+
+FORMAT, VERSION = "minilab-checkpoint", 1
+
+
+def save_checkpoint(path, model_state, optimizer_state, meta):
+    """Write ``model_state`` and ``optimizer_state`` (dicts of arrays) and ``meta`` (JSON-able) to ``path``."""
+    path = Path(path)
+    arrays = {f"model/{k}": backend.to_numpy(v) for k, v in model_state.items()}
+    arrays.update({f"optimizer/{k}": backend.to_numpy(v) for k, v in optimizer_state.items()})
+    arrays["meta"] = np.array(json.dumps({"format": FORMAT, "version": VERSION, **meta}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path):
+    """Read a checkpoint: returns ``(model_state, optimizer_state, meta)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    with np.load(path, allow_pickle=False) as f:
+        if "meta" not in f.files:
+            raise ValueError(f"{path} is not a minilab checkpoint (no 'meta' entry)")
+        meta = json.loads(str(f["meta"]))
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a minilab checkpoint (format {meta.get('format')!r})")
+        model = {k[6:]: f[k] for k in f.files if k.startswith("model/")}
+        optimizer = {k[10:]: f[k] for k in f.files if k.startswith("optimizer/")}
+    return model, optimizer, meta
+
+
+#: Model builders a checkpoint may name in its ``model_spec`` (functions of :mod:`minilab.nn`).
+BUILDERS = ("deeplab_vgg16", "deeplab_resnet")
+
+
+def model_spec(builder, num_classes, **kwargs):
+    """A JSON-able description of a model: ``{"builder": name, "num_classes": C, "kwargs": {...}}``."""
+    if builder not in BUILDERS:
+        raise ValueError(f"builder must be one of {BUILDERS}, got {builder!r}")
+    return {"builder": builder, "num_classes": int(num_classes),
+            "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
+
+
+def build_model(spec):
+    """The (freshly initialised) model a :func:`model_spec` describes."""
+    from .. import nn
+    if not isinstance(spec, dict) or spec.get("builder") not in BUILDERS:
+        raise ValueError(f"model spec must name a builder in {BUILDERS}, got {spec!r}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("kwargs", {}).items()}
+    return getattr(nn, spec["builder"])(spec["num_classes"], **kwargs)
+
+
+def load_model(path, device="cpu"):
+    """Rebuild the model saved in a checkpoint, with its weights, in eval mode.
+
+    Returns ``(model, meta)``; ``meta["config"]`` holds the ``mean`` and ``input_scale``
+    the model expects (see :func:`minilab.train.evaluate.predict_probs`).
+    """
+    model_state, _, meta = load_checkpoint(path)
+    if not meta.get("model_spec"):
+        raise ValueError(f"checkpoint {path} does not say how to build its model (no model_spec)")
+    model = build_model(meta["model_spec"])
+    model.load_state_dict(model_state)
+    if device != "cpu":
+        model.to(device)
+    return model.eval(), meta

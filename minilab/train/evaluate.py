@@ -1,0 +1,96 @@
+"""Inference and evaluation (§4): full-resolution probabilities, mean IoU before and after the CRF.
+
+At test time DeepLab computes the stride-8 score map, upsamples it bilinearly to the image
+size (``align_corners=True``, Caffe's Interp layer) and takes the softmax; the dense CRF
+(eq. 2-3) then refines those probabilities using the image's colours. Scores are pooled
+over the whole data set into one confusion matrix (:mod:`minilab.metrics`).
+"""
+import numpy as np
+
+from .. import backend, metrics
+from ..data.transforms import VOC_MEAN, to_input
+from ..ops.activations import softmax_forward
+from ..ops.interp import bilinear_resize_forward
+
+
+def predict_probs(model, image, mean=VOC_MEAN, input_scale=1.0):
+    """Class probabilities of one image at full resolution.
+
+    Parameters
+    ----------
+    model : minilab.nn.Module, in eval mode (the caller's job) mapping N×3×H×W to stride-8 logits.
+    image : ndarray, H×W×3 uint8.
+
+    Returns
+    -------
+    probs : ndarray, C×H×W float32 (NumPy), summing to 1 over C at every pixel.
+    """
+    h, w = image.shape[:2]
+    x = to_input(image, mean, input_scale)
+    params = model.parameters()
+    if params and backend.is_gpu_array(params[0].data):
+        x = backend.to_device(x, "gpu")
+    logits = model.forward(x)
+    up, _ = bilinear_resize_forward(logits, (h, w), align_corners=True)
+    probs, _ = softmax_forward(up)
+    return backend.to_numpy(probs[0]).astype(np.float32)
+
+
+def evaluate(model, dataset, num_classes, *, crf=None, mean=VOC_MEAN, input_scale=1.0,
+             trimap_width=None, keep=0, progress=False):
+    """Score ``model`` on every image of ``dataset``, before and (given ``crf``) after the dense CRF.
+
+    Parameters
+    ----------
+    crf : dict, optional
+        Keyword arguments of :func:`minilab.crf.dense_crf` (``w1``, ``sigma_alpha``, ...).
+    trimap_width : int, optional
+        Also report the accuracy within this many pixels of a label boundary (Fig. 10).
+    keep : int
+        Also return the first ``keep`` images with their labels and predictions (for figures).
+
+    Returns
+    -------
+    dict with ``miou``, ``pixel_accuracy``, ``class_iou`` (list), ``confusion`` (C×C list),
+    the same keys suffixed ``_crf`` when ``crf`` is given, ``trimap_accuracy[_crf]`` when
+    ``trimap_width`` is given, and ``examples``: a list of dicts ``image, labels, pred[, pred_crf]``.
+    """
+    if crf is not None:
+        from ..crf import dense_crf
+    was_training = getattr(model, "training", False)
+    model.eval()
+    names = [""] + (["_crf"] if crf is not None else [])
+    conf = {s: np.zeros((num_classes, num_classes), np.int64) for s in names}
+    trimap = {s: [0, 0] for s in names}
+    examples = []
+    items = range(len(dataset))
+    if progress:
+        from tqdm.auto import tqdm
+        items = tqdm(items, desc="evaluate", leave=False)
+    try:
+        for i in items:
+            image, labels = dataset[i]
+            probs = predict_probs(model, image, mean, input_scale)
+            preds = {"": probs.argmax(0)}
+            if crf is not None:
+                preds["_crf"] = dense_crf(image, probs, **crf).argmax(0)
+            for s, pred in preds.items():
+                conf[s] += metrics.confusion_matrix(pred, labels, num_classes)
+                if trimap_width is not None:
+                    band = metrics.trimap_band(labels, trimap_width)
+                    trimap[s][0] += int(((pred == labels) & band).sum())
+                    trimap[s][1] += int(band.sum())
+            if i < keep:
+                examples.append({"image": image, "labels": labels,
+                                 **{f"pred{s}": p.astype(np.uint8) for s, p in preds.items()}})
+    finally:
+        model.train(was_training)
+    result = {"examples": examples}
+    for s in names:
+        result[f"miou{s}"] = metrics.mean_iou(conf[s])
+        result[f"pixel_accuracy{s}"] = metrics.pixel_accuracy(conf[s])
+        result[f"class_iou{s}"] = [float(v) for v in metrics.class_iou(conf[s])]
+        result[f"confusion{s}"] = conf[s].tolist()
+        if trimap_width is not None:
+            result[f"trimap_accuracy{s}"] = trimap[s][0] / max(trimap[s][1], 1)
+    return result

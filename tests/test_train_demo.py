@@ -1,0 +1,79 @@
+"""The demo and the train / eval / segment commands, end to end at a small size."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minilab import cli, viz
+from minilab.data import SyntheticScenes
+from minilab.train import limit_threads
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with limit_threads(1):
+        yield
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    cli.main(["demo", "--out", str(tmp_path), "--iterations", "60", "--test-images", "3", "--size", "41"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("mIoU before CRF: 0.") and lines[-1].startswith("mIoU after CRF: 0.")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert f"{report['miou_before_crf']:.4f}" == lines[-2].split(": ")[1]
+    loss = json.loads(str(np.load(tmp_path / "model.npz")["meta"]))["history"]["loss"]
+    assert np.mean(loss[-10:]) < np.mean(loss[:10]) - 0.3  # it learns (the full demo's scores: docs/training.md)
+    for name in ("segmentations.png", "training.png", "report.md", "model.npz"):
+        assert (tmp_path / name).stat().st_size > 0
+    # the checkpoint serves the other commands
+    image, labels = SyntheticScenes(1, 41, seed=7)[0]
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    cli.main(["segment", str(tmp_path / "scene.png"), "--checkpoint", str(tmp_path / "model.npz"), "--crf",
+              "-o", str(tmp_path / "labels.png"), "--overlay", str(tmp_path / "overlay.png")])
+    with Image.open(tmp_path / "labels.png") as im:
+        assert im.mode == "P" and im.size == (41, 41)
+        assert np.asarray(im).max() < 5
+    cli.main(["eval", "--checkpoint", str(tmp_path / "model.npz"), "--scenes", "3", "--crf",
+              "--json", str(tmp_path / "eval.json")])
+    scores = json.loads((tmp_path / "eval.json").read_text())
+    assert 0 <= scores["miou"] <= 1 and 0 <= scores["miou_crf"] <= 1
+
+
+def test_train_command_resumes(tmp_path, capsys):
+    args = ["train", "--data", "synthetic", "--size", "41", "--crop-size", "41", "--batch-size", "2",
+            "--checkpoint", str(tmp_path / "c.npz"), "--checkpoint-every", "2"]
+    cli.main(args + ["--iterations", "4"])
+    first = dict(np.load(tmp_path / "c.npz"))
+    cli.main(args + ["--iterations", "6", "--resume"])
+    assert "at iteration 6" in capsys.readouterr().out
+    assert not np.array_equal(first["model/head.branches.0.fc8.weight"],
+                              np.load(tmp_path / "c.npz")["model/head.branches.0.fc8.weight"])
+
+
+def test_cli_errors_are_messages(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["segment", str(tmp_path / "none.png"), "--checkpoint", str(tmp_path / "none.npz"), "-o", "x.png"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--data", "voc", "--checkpoint", str(tmp_path / "c.npz")])
+
+
+def test_viz_pictures(tmp_path):
+    labels = np.array([[0, 1], [15, 255]])
+    colours = viz.colorize(labels)
+    assert colours.shape == (2, 2, 3) and colours[0, 1].tolist() == [128, 0, 0]
+    assert colours[1, 1].tolist() == [224, 224, 192]
+    image = np.full((2, 2, 3), 100, np.uint8)
+    blended = viz.overlay(image, labels, alpha=0.5)
+    assert blended[0, 0].tolist() == [100, 100, 100] and blended[0, 1].tolist() == [114, 50, 50]
+    with pytest.raises(ValueError, match="labels"):
+        viz.colorize(np.zeros((2, 2, 2), int))
+    ex = {"image": np.zeros((8, 8, 3), np.uint8), "labels": np.zeros((8, 8), np.uint8),
+          "pred": np.ones((8, 8), np.uint8), "pred_crf": np.zeros((8, 8), np.uint8)}
+    fig = viz.comparison_grid([ex, ex], tmp_path / "grid.png")
+    assert len(fig.axes) == 8 and (tmp_path / "grid.png").exists()
+    history = {"iteration": [1, 2, 3], "loss": [1.0, 0.5, 0.2], "lr": [0.1, 0.05, 0.0],
+               "val": [{"iteration": 3, "miou": 0.5, "miou_crf": 0.6}]}
+    viz.training_curves({"poly": history, "step": history}, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").exists()

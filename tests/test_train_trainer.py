@@ -1,0 +1,121 @@
+"""The trainer: it can overfit one batch, resumes bit for bit, and stops on a non-finite loss."""
+import json
+
+import numpy as np
+import pytest
+
+from minilab import nn
+from minilab.data import SyntheticScenes
+from minilab.ops.interp import downsample_labels
+from minilab.ops.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from minilab.train import (SGD, Trainer, TrainConfig, TrainingDiverged, limit_threads, load_checkpoint, load_model,
+                           model_spec, param_groups)
+from minilab.train.checkpoint import build_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models: one thread is fastest, and immune to a busy machine."""
+    with limit_threads(1):
+        yield
+
+
+def tiny(seed=0, dropout=0.0):
+    return nn.deeplab_vgg16(5, width=0.125, depth=(1,) * 5, rates=(1, 2), hidden=8, dropout=dropout, seed=seed)
+
+
+def config(**kw):
+    return TrainConfig(**{**dict(iterations=6, batch_size=2, crop_size=33, base_lr=0.01, scale_range=(0.5, 1.5),
+                                 mean=(128, 128, 128), input_scale=1 / 64, seed=3), **kw})
+
+
+def test_overfits_one_batch():
+    """A tiny DeepLab drives the loss on one fixed batch near zero: forward, backward and update agree."""
+    model = tiny()
+    data = SyntheticScenes(2, 33, seed=5)
+    images, labels = zip(*(data[i] for i in range(2)))
+    x = ((np.stack(images).astype(np.float32) - 128) / 64).transpose(0, 3, 1, 2).copy()
+    opt = SGD(param_groups(model), momentum=0.9, weight_decay=0.0)
+    losses = []
+    for _ in range(150):
+        opt.zero_grad()
+        logits = model.forward(x)
+        loss, cache = softmax_cross_entropy_forward(logits, downsample_labels(np.stack(labels), size=logits.shape[2:]))
+        losses.append(float(loss))
+        model.backward(softmax_cross_entropy_backward(1.0, cache))
+        opt.step(0.02)
+    assert losses[0] > 1.0
+    assert losses[-1] < 0.05, losses[-10:]
+
+
+def test_resume_equals_uninterrupted_bitwise(tmp_path):
+    data = SyntheticScenes(50, 40, seed=1)
+    straight = Trainer(tiny(dropout=0.3), data, config(), 5, progress=False)
+    straight.fit()
+    first = Trainer(tiny(dropout=0.3), data, config(), 5, checkpoint=tmp_path / "c.npz", progress=False)
+    first.fit(until=3)
+    assert load_checkpoint(tmp_path / "c.npz")[2]["iteration"] == 3
+    second = Trainer(tiny(seed=99, dropout=0.3), data, config(), 5, checkpoint=tmp_path / "c.npz", progress=False)
+    second.load(tmp_path / "c.npz")
+    second.fit()
+    a, b = straight.model.state_dict(), second.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert straight.history["loss"] == second.history["loss"]
+    for va, vb in zip(straight.optimizer.velocity, second.optimizer.velocity):
+        assert np.array_equal(va, vb)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    data = SyntheticScenes(10, 40)
+    t = Trainer(tiny(), data, config(iterations=1), 5, checkpoint=tmp_path / "c.npz", progress=False)
+    t.fit()
+    other = Trainer(tiny(), data, config(base_lr=0.5), 5, progress=False)
+    with pytest.raises(ValueError, match="base_lr"):
+        other.load(tmp_path / "c.npz")
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    path = tmp_path / "c.npz"
+    t = Trainer(tiny(), SyntheticScenes(10, 40), config(iterations=10, checkpoint_every=2), 5,
+                checkpoint=path, progress=False)
+    t.fit(until=2)
+    good = path.read_bytes()
+    t.model.backbone.features.layers[0].weight.data[0, 0, 0, 0] = np.nan  # as a bad update would leave it
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at iteration 2") as info:
+        t.fit()
+    assert f"last good checkpoint is {path}" in str(info.value)
+    assert path.read_bytes() == good
+    assert load_checkpoint(path)[2]["iteration"] == 2
+
+
+def test_checkpoint_round_trip_and_model_rebuild(tmp_path):
+    spec = model_spec("deeplab_vgg16", 5, width=0.125, depth=(1,) * 5, rates=(1, 2), hidden=8, dropout=0.0)
+    model = build_model(spec)
+    t = Trainer(model, SyntheticScenes(10, 40), config(iterations=2), 5, checkpoint=tmp_path / "m.npz",
+                model_spec=spec, progress=False)
+    t.fit()
+    loaded, meta = load_model(tmp_path / "m.npz")
+    assert meta["iteration"] == 2 and meta["config"]["base_lr"] == 0.01
+    x = np.random.default_rng(0).standard_normal((1, 3, 33, 33)).astype(np.float32)
+    assert np.array_equal(loaded.forward(x), model.eval().forward(x))
+    assert not list(tmp_path.glob("*.tmp"))  # the atomic write left nothing behind
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(Exception):
+        load_checkpoint(tmp_path / "bad.npz")
+    np.savez(tmp_path / "plain.npz", a=np.zeros(2))
+    with pytest.raises(ValueError, match="not a minilab checkpoint"):
+        load_checkpoint(tmp_path / "plain.npz")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.npz")
+    json.dumps(meta)  # the metadata stays plain JSON
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="policy"):
+        TrainConfig(policy="exp")
+    with pytest.raises(ValueError, match="base_lr"):
+        TrainConfig(base_lr=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)

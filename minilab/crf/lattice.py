@@ -276,8 +276,11 @@ def _splat_cpu(values, scale, offsets, weights, out, spare):
         for p in range(t * n // blocks, (t + 1) * n // blocks):
             _splat_point_cpu(p, values, scale, offsets, weights, buf)
     for v in prange(out.shape[0]):
+        row = out[v]
         for t in range(blocks - 1):
-            out[v] += spare[t, v]
+            part = spare[t, v]
+            for c in range(row.shape[0]):
+                row[c] += part[c]
 
 
 @njit(parallel=True, cache=True)

@@ -528,12 +528,12 @@ class LatticeFilter:
     def _buffers(self, c):
         """Work arrays for C channels, kept between calls: two (M+1, C') vertex buffers (row M is
         the zero "missing neighbour") and per-thread splat buffers (CPU). On the CPU the rows are
-        padded with zero columns to C' = a multiple of 8 (21 labels: 24), as the reference pads
-        to whole SSE registers: the blur then runs whole 8-wide vector steps on aligned rows."""
+        padded with zero columns to C' = a multiple of 8 when C > 4 (21 labels: 24), as the
+        reference pads to whole SSE registers: the blur then runs whole 8-wide vector steps."""
         if c not in self._work:
             xp, m = self.xp, self.n_vertices
             threads = numba.get_num_threads() if self.kernels == "numba" else 1
-            width = -(-c // 8) * 8 if self.kernels == "numba" else c
+            width = -(-c // 8) * 8 if self.kernels == "numba" and c > 4 else c
             src = xp.zeros((m + 1, width), dtype=np.float32)
             dst = xp.zeros((m + 1, width), dtype=np.float32)
             spare = xp.empty((threads - 1, m + 1, width), dtype=np.float32)

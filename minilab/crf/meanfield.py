@@ -181,7 +181,7 @@ def softmax_labels(energy, out=None, kernels=None):
     return out
 
 
-def mean_field_step(q, log_p, terms, out=None):
+def mean_field_step(q, log_p, terms, out=None, energy=None):
     """One synchronous mean-field update, all pixels at once.
 
         Q_new = softmax_l( log P + Σ_m w_m K̃_m Q )
@@ -192,12 +192,17 @@ def mean_field_step(q, log_p, terms, out=None):
     log_p : (N, C) float32, −θ_i = log P_i (:func:`minilab.crf.potentials.log_probs`)
     terms : list of :class:`PairwiseTerm`
     out : optional (N, C) float32 array for the result (not ``q``)
+    energy : optional (N, C) float32 scratch array (overwritten), so that a loop of steps
+        allocates nothing
 
     Returns
     -------
     (N, C) float32, each row summing to 1.
     """
-    energy = log_p.copy()
+    if energy is None:
+        energy = log_p.copy()
+    else:
+        energy[...] = log_p
     for term in terms:
         term.add_message(q, energy)
     return softmax_labels(energy, out=out)
@@ -279,7 +284,8 @@ def dense_crf(image, probs, *, iterations=10, w1, sigma_alpha, sigma_beta, w2=3.
              PairwiseTerm(bilateral, w1, method, normalization, include_self)]
     log_p = potentials.log_probs(probs)
     q = softmax_labels(log_p.copy())
-    spare = backend.array_module(q).empty_like(q)
+    xp = backend.array_module(q)
+    spare, energy = xp.empty_like(q), xp.empty_like(q)
     for _ in range(iterations):
-        q, spare = mean_field_step(q, log_p, terms, out=spare), q
+        q, spare = mean_field_step(q, log_p, terms, out=spare, energy=energy), q
     return q.T.reshape(c, h, w).copy()

@@ -213,6 +213,8 @@ def _set_threads(n):
 
 
 def add_demo(subparsers):
+    from .train.demo import DEMO_ITERATIONS, DEMO_SIZE
+
     p = subparsers.add_parser(
         "demo", help="train a tiny DeepLab on synthetic scenes and show the CRF's effect (about 2-3 min)",
         description=(
@@ -224,13 +226,14 @@ def add_demo(subparsers):
             "after the CRF."),
         epilog="example: minilab demo --out demo-out      (quick check: minilab demo --out /tmp/d --quick)")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="output folder (default: demo-out)")
-    p.add_argument("--iterations", type=int, default=2500, help="SGD iterations (default 2500)")
+    p.add_argument("--iterations", type=int, default=DEMO_ITERATIONS,
+                   help=f"SGD iterations (default {DEMO_ITERATIONS})")
     p.add_argument("--test-images", type=int, default=60, help="held-out scenes to evaluate on (default 60)")
     p.add_argument("--quick", action="store_true",
                    help="a small run (150 iterations, 10 test images, under a minute) to check the installation; "
                         "its scores are low")
-    p.add_argument("--size", type=int, default=81,
-                   help="scene side in pixels (default 81; 8k+1 fits the stride-8 score map)")
+    p.add_argument("--size", type=int, default=DEMO_SIZE,
+                   help=f"scene side in pixels (default {DEMO_SIZE}; 8k+1 fits the stride-8 score map)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model, the data and the sampling")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the Numba kernels (default 1)")
     p.set_defaults(run=run_demo)

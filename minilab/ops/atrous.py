@@ -87,7 +87,7 @@ def atrous_conv1d(x, w, rate):
     return y
 
 
-def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="sparse"):
+def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="shifted"):
     """Atrous convolution (§3.1): ``conv2d(x, w, b, stride, padding, dilation=rate)``.
 
     ``y[n, f, i, j] = b[f] + sum_{c,u,v} xpad[n, c, stride*i + rate*u, stride*j + rate*v] * w[f, c, u, v]``

@@ -360,10 +360,12 @@ def _deinterlace_backward(dy, ctx):
 # ---- "shifted": GEMMs on the unpadded input, their outputs added at shifted places -------
 # Tap (u, v) contributes W[:, :, u, v] @ x[n] (F × C times C × H·W) to the output, shifted by
 # (rate·u - ph, rate·v - pw) pixels and cropped to where it lands inside both x and y: the
-# zero padding is never built nor multiplied (the taps of a large rate on a small map mostly
-# fall in it), and no im2col copy of x is made; the copies touch only F-channel maps. Taps
-# are stacked into one GEMM per group of tap rows, Z = W_g (rows·kw·F × C) @ x[n] (C × H·W),
-# with as many rows per group as fit in ``_BLOCK_BYTES`` (at least one), into reused buffers.
+# zero padding is never built nor multiplied, and no im2col copy of x is made; the copies
+# touch only F-channel maps. Taps are stacked into one GEMM per group of tap rows u0:u1,
+# Z = W_g ((u1-u0)·kw·F × C) @ x[n, :, a0:a1] (C × (a1-a0)·W), over only the input rows
+# a0:a1 that the group reads (a third of the map for the outer rows of a rate-24 filter on
+# 33×33), a contiguous column range of x[n] seen as C × H·W. Each group holds as many tap
+# rows as fit in ``_BLOCK_BYTES`` (at least one) and reuses one buffer.
 
 def _tap_ranges(rate, stride, pad, k, size_in, size_out):
     """For each tap t < k: the output slice i0:i1 whose input index stride·i + rate·t - pad
@@ -378,12 +380,18 @@ def _tap_ranges(rate, stride, pad, k, size_in, size_out):
     return ranges
 
 
-def _tap_groups(x, w_shape):
-    """Consecutive tap rows u0:u1 whose stacked GEMM output (u1-u0)·kw·F × H·W fits in one block."""
+def _tap_groups(x, w_shape, rows):
+    """Groups (u0, u1, a0, a1) of consecutive tap rows whose stacked GEMM output fits in one
+    block, with the input rows a0:a1 they read; groups that read only padding are left out."""
     f, _, kh, kw = w_shape
     row_bytes = kw * f * x.shape[2] * x.shape[3] * x.itemsize
     step = max(1, _BLOCK_BYTES["gpu" if backend.is_gpu_array(x) else "cpu"] // row_bytes)
-    return [(u0, min(kh, u0 + step)) for u0 in range(0, kh, step)]
+    groups = []
+    for u0 in range(0, kh, step):
+        read = [rows[u][1] for u in range(u0, min(kh, u0 + step)) if rows[u] is not None]
+        if read:
+            groups.append((u0, min(kh, u0 + step), min(r.start for r in read), max(r.stop for r in read)))
+    return groups
 
 
 def _shifted_forward(x, w, rate, stride, padding):
@@ -396,48 +404,49 @@ def _shifted_forward(x, w, rate, stride, padding):
     wo = (wd + 2 * padding[1] - (kw - 1) * rate - 1) // stride + 1
     rows = _tap_ranges(rate, stride, padding[0], kh, h, ho)
     cols = _tap_ranges(rate, stride, padding[1], kw, wd, wo)
-    groups = _tap_groups(x, w.shape)
+    groups = _tap_groups(x, w.shape, rows)
     w_taps = xp.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw * f, c)  # rows (u, v, f)
     y = xp.zeros((n, f, ho, wo), x.dtype)
-    z_buf = xp.empty((groups[0][1] - groups[0][0]) * kw * f * h * wd, x.dtype)
+    z_buf = xp.empty(max((u1 - u0) * kw * f * (a1 - a0) * wd for u0, u1, a0, a1 in groups), x.dtype) if groups else None
     for i in range(n):
-        for u0, u1 in groups:
-            z = xp.matmul(w_taps[u0 * kw * f:u1 * kw * f], x[i].reshape(c, h * wd),
-                          out=z_buf[:(u1 - u0) * kw * f * h * wd].reshape(-1, h * wd)).reshape(u1 - u0, kw, f, h, wd)
+        for u0, u1, a0, a1 in groups:
+            z = xp.matmul(w_taps[u0 * kw * f:u1 * kw * f], x[i, :, a0:a1].reshape(c, (a1 - a0) * wd),
+                          out=z_buf[:(u1 - u0) * kw * f * (a1 - a0) * wd].reshape(-1, (a1 - a0) * wd))
+            z = z.reshape(u1 - u0, kw, f, a1 - a0, wd)
             for u in range(u0, u1):
                 for v in range(kw):
                     if rows[u] is not None and cols[v] is not None:
-                        y[i][:, rows[u][0], cols[v][0]] += z[u - u0, v][:, rows[u][1], cols[v][1]]
-    return y, (x, w_taps, w.shape, rows, cols, groups)
+                        read = slice(rows[u][1].start - a0, rows[u][1].stop - a0, stride)
+                        y[i][:, rows[u][0], cols[v][0]] += z[u - u0, v][:, read, cols[v][1]]
+    return y, (x, w_taps, w.shape, stride, rows, cols, groups)
 
 
 def _shifted_backward(dy, ctx):
-    """Per image and tap group: D[u, v] = dy moved back onto x's grid (zeros elsewhere),
-    dx[n] += W_gᵀ @ D, dW_g += D @ x[n]ᵀ."""
-    x, w_taps, w_shape, rows, cols, groups = ctx
+    """Per image and tap group: D[u, v] = dy moved back onto x's rows a0:a1 (zeros elsewhere),
+    dx[n, :, a0:a1] += W_gᵀ @ D, dW_g += D @ x[n, :, a0:a1]ᵀ."""
+    x, w_taps, w_shape, stride, rows, cols, groups = ctx
     xp = backend.array_module(dy)
     n, c, h, wd = x.shape
     f, _, kh, kw = w_shape
-    dx = xp.empty_like(x)
+    dx = xp.zeros_like(x)
     dw_taps = xp.zeros_like(w_taps)
-    d_buf = xp.empty((groups[0][1] - groups[0][0]) * kw * f * h * wd, x.dtype)
-    dx_buf = xp.empty((c, h * wd), x.dtype)
+    size = max(((u1 - u0) * kw * f * (a1 - a0) * wd for u0, u1, a0, a1 in groups), default=0)
+    d_buf = xp.empty(size, x.dtype)
+    dx_buf = xp.empty(c * h * wd, x.dtype)
     for i in range(n):
-        xi, dxi = x[i].reshape(c, h * wd), dx[i].reshape(c, h * wd)
-        for g, (u0, u1) in enumerate(groups):
-            d = d_buf[:(u1 - u0) * kw * f * h * wd].reshape(u1 - u0, kw, f, h, wd)
+        for u0, u1, a0, a1 in groups:
+            m = (a1 - a0) * wd
+            d = d_buf[:(u1 - u0) * kw * f * m].reshape(u1 - u0, kw, f, a1 - a0, wd)
             d[...] = 0
             for u in range(u0, u1):
                 for v in range(kw):
                     if rows[u] is not None and cols[v] is not None:
-                        d[u - u0, v][:, rows[u][1], cols[v][1]] = dy[i][:, rows[u][0], cols[v][0]]
-            d = d.reshape(-1, h * wd)
+                        read = slice(rows[u][1].start - a0, rows[u][1].stop - a0, stride)
+                        d[u - u0, v][:, read, cols[v][1]] = dy[i][:, rows[u][0], cols[v][0]]
+            d = d.reshape(-1, m)
             w_g = w_taps[u0 * kw * f:u1 * kw * f]
-            if g == 0:
-                xp.matmul(w_g.T, d, out=dxi)
-            else:
-                dxi += xp.matmul(w_g.T, d, out=dx_buf)
-            dw_taps[u0 * kw * f:u1 * kw * f] += d @ xi.T
+            dx[i, :, a0:a1] += xp.matmul(w_g.T, d, out=dx_buf[:c * m].reshape(c, m)).reshape(c, a1 - a0, wd)
+            dw_taps[u0 * kw * f:u1 * kw * f] += d @ x[i, :, a0:a1].reshape(c, m).T
     return dx, xp.ascontiguousarray(dw_taps.reshape(kh, kw, f, c).transpose(2, 3, 0, 1))
 
 

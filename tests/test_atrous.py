@@ -65,9 +65,13 @@ def test_gradients_match_central_differences(method, case, rng):
     dout = rng.standard_normal(out.shape)
     dx, dw, db = atrous_conv2d_backward(dout, cache)
     forward = lambda: atrous_conv2d_forward(x, w, b, **kw_args)[0]
-    assert relative_error(dx, numerical_gradient(forward, x, dout)) < 1e-7
-    assert relative_error(dw, numerical_gradient(forward, w, dout)) < 1e-7
-    assert relative_error(db, numerical_gradient(forward, b, dout)) < 1e-7
+    # The output is linear in each of x, w, b, so central differences have no truncation
+    # error and a large step h only shrinks their rounding error (eps·|sum|/h): with the
+    # default h = 1e-6 that rounding alone reaches ~1e-6 elementwise on some draws.
+    h = 1e-3
+    assert relative_error(dx, numerical_gradient(forward, x, dout, h=h)) < 1e-7
+    assert relative_error(dw, numerical_gradient(forward, w, dout, h=h)) < 1e-7
+    assert relative_error(db, numerical_gradient(forward, b, dout, h=h)) < 1e-7
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -34,7 +34,7 @@ class ASPPBranch(Sequential):
     children = Module.children
 
     def __init__(self, in_channels, num_classes, rate, hidden=1024, *, kernel_size=3, dropout=0.5,
-                 method="sparse", rng=None, dtype=np.float32):
+                 method="shifted", rng=None, dtype=np.float32):
         Module.__init__(self)
         rng = make_rng(rng)
         rate = validate.integer("rate", rate, 1)
@@ -81,7 +81,7 @@ class ASPP(Module):
     """
 
     def __init__(self, in_channels, num_classes, rates=ASPP_L, hidden=1024, *, kernel_size=3,
-                 dropout=0.5, method="sparse", rng=None, dtype=np.float32):
+                 dropout=0.5, method="shifted", rng=None, dtype=np.float32):
         super().__init__()
         rng = make_rng(rng)
         if not (isinstance(rates, (tuple, list)) and rates):

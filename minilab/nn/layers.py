@@ -54,7 +54,7 @@ class Conv2d(Module):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, *, stride=1, padding=0, rate=1,
-                 bias=True, method="sparse", std=None, rng=None, dtype=np.float32):
+                 bias=True, method="shifted", std=None, rng=None, dtype=np.float32):
         super().__init__()
         cin = validate.integer("in_channels", in_channels, 1)
         cout = validate.integer("out_channels", out_channels, 1)

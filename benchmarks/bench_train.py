@@ -1,7 +1,7 @@
 """Training throughput of the demo's model: images per second for one SGD iteration
 (forward, loss, backward, update), minilab against its PyTorch twin in the same run.
 
-The demo trains a 140-thousand-parameter DeepLab-ASPP on 81×81 scenes, batch 4. minilab
+The demo trains a 140-thousand-parameter DeepLab-ASPP on 113×113 scenes (`DEMO_SIZE`), batch 4. minilab
 runs on one thread (the demo's default; its kernels are too small to share) and also on
 all cores; torch on the same thread counts. On a GPU (CuPy present) minilab's GPU path and
 torch's CUDA path are measured too.
@@ -18,9 +18,10 @@ from common import interleaved_ms, machine, write_results  # noqa: E402
 from minilab import backend  # noqa: E402
 from minilab.ops.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward  # noqa: E402
 from minilab.train import SGD, build_model, limit_threads, model_spec, param_groups  # noqa: E402
-from minilab.train.demo import DEMO_MODEL  # noqa: E402
+from minilab.train.demo import DEMO_MODEL, DEMO_SIZE  # noqa: E402
 
-SIZE, BATCH = 81, 4
+SIZE, BATCH = DEMO_SIZE, 4
+CELLS = (SIZE - 1) // 8 + 1  # side of the stride-8 score map
 
 
 def minilab_step(device="cpu"):
@@ -30,7 +31,7 @@ def minilab_step(device="cpu"):
     opt = SGD(param_groups(model))
     rng = np.random.default_rng(0)
     x = backend.to_device(rng.standard_normal((BATCH, 3, SIZE, SIZE)).astype(np.float32), device)
-    y = backend.to_device(rng.integers(0, 5, (BATCH, 11, 11)).astype(np.uint8), device)
+    y = backend.to_device(rng.integers(0, 5, (BATCH, CELLS, CELLS)).astype(np.uint8), device)
 
     def step():
         opt.zero_grad()
@@ -47,7 +48,7 @@ def torch_step(device="cpu"):
     opt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((BATCH, 3, SIZE, SIZE)).astype(np.float32)).to(device)
-    y = torch.from_numpy(rng.integers(0, 5, (BATCH, 11, 11))).to(device)
+    y = torch.from_numpy(rng.integers(0, 5, (BATCH, CELLS, CELLS))).to(device)
 
     def step():
         opt.zero_grad()

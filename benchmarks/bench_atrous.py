@@ -29,7 +29,7 @@ if __name__ == "__main__" and "--threads" in sys.argv:  # must be set before Num
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import interleaved_ms, peak_mib, write_results  # noqa: E402
+from benchmarks.common import interleaved_ms, peak_mib, torch_plain_float32, write_results  # noqa: E402
 from minilab import backend  # noqa: E402
 from minilab.ops.atrous import (METHODS, atrous_conv2d_backward,  # noqa: E402
                                 atrous_conv2d_forward, effective_kernel_size)
@@ -111,6 +111,9 @@ def main():
     if args.device == "gpu":
         import cupy
         to_array, pool = cupy.asarray, cupy.get_default_memory_pool()
+
+        if torch is not None:
+            torch_plain_float32(torch)
 
         def sync():
             cupy.cuda.Device().synchronize()

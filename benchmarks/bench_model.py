@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import interleaved_ms, write_results  # noqa: E402
+from common import interleaved_ms, torch_plain_float32, write_results  # noqa: E402
 from minilab import backend, nn  # noqa: E402
 from minilab.ops import interp  # noqa: E402
 
@@ -47,6 +47,8 @@ def main():
     tdev = "cuda" if device == "gpu" else "cpu"
     xp = backend.cupy if device == "gpu" else np
     if device == "gpu":
+        torch_plain_float32(torch)
+
         def sync():
             backend.cupy.cuda.Device().synchronize()
             torch.cuda.synchronize()

@@ -4,8 +4,9 @@
 The demo trains a 140-thousand-parameter DeepLab-ASPP on 113×113 scenes (`DEMO_SIZE`), batch 4. minilab
 runs on one thread (the demo's default; its kernels are too small to share) and also on
 all cores; torch on the same thread counts. On a GPU (CuPy present) minilab's GPU path and
-torch's CUDA path are measured too.
+torch's CUDA path are measured with `--device gpu`.
 """
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved_ms, machine, write_results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from common import interleaved_ms, machine, torch_plain_float32, write_results  # noqa: E402
 
 from minilab import backend  # noqa: E402
 from minilab.ops.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward  # noqa: E402
@@ -59,13 +61,13 @@ def torch_step(device="cpu"):
     return step
 
 
-def main(repeat=7):
+def main(device="cpu", repeat=7):
     rows = []
     try:
         import torch
     except ImportError:
         torch = None
-    for threads in sorted({1, os.cpu_count() or 1}):
+    for threads in sorted({1, os.cpu_count() or 1}) if device == "cpu" else ():
         fns = {"minilab": minilab_step()}
         if torch is not None:
             torch.set_num_threads(threads)
@@ -78,10 +80,11 @@ def main(repeat=7):
             row.update({"torch ms/iter": ms["torch"], "torch images/s": BATCH * 1e3 / ms["torch"],
                         "minilab / torch time": ms["minilab"] / ms["torch"]})
         rows.append(row)
-    if backend.gpu_available():
+    if device == "gpu":
         fns = {"minilab": minilab_step("gpu")}
         sync = backend.cupy.cuda.Device().synchronize
         if torch is not None and torch.cuda.is_available():
+            torch_plain_float32(torch)
             fns["torch"] = torch_step("cuda")
         ms = interleaved_ms(fns, repeat=repeat, warmup=3, sync=sync)
         row = {"device": "gpu", "minilab ms/iter": ms["minilab"], "minilab images/s": BATCH * 1e3 / ms["minilab"]}
@@ -89,10 +92,14 @@ def main(repeat=7):
             row.update({"torch ms/iter": ms["torch"], "torch images/s": BATCH * 1e3 / ms["torch"],
                         "minilab / torch time": ms["minilab"] / ms["torch"]})
         rows.append(row)
-    write_results("train", rows, notes=(
+    write_results("train" if device == "cpu" else "train_gpu", rows, notes=(
         f"One SGD iteration of the demo's DeepLab-ASPP (batch {BATCH}, {SIZE}×{SIZE}, 5 classes), median of "
         f"{repeat}, minilab and torch interleaved. {machine()}."))
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    main(args.device, args.repeat)

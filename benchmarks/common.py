@@ -33,6 +33,13 @@ def machine():
     return text
 
 
+def torch_plain_float32(torch):
+    """Turn off TF32 in torch's cuDNN and cuBLAS calls, so the GPU reference computes in the
+    same IEEE float32 as minilab (TF32 rounds operands to 10 mantissa bits and runs faster)."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def median_ms(fn, repeat=5, warmup=1, sync=None):
     """Median wall time of ``fn()`` in milliseconds over ``repeat`` runs after ``warmup``.
 

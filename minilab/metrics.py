@@ -26,8 +26,7 @@ from . import backend, validate
 
 def _label_array(name, x):
     """Check that ``x`` is an integer NumPy or CuPy array with at least one element."""
-    if not (isinstance(x, np.ndarray) or backend.is_gpu_array(x)):
-        raise TypeError(f"{name} must be a NumPy or CuPy array of integers, got {type(x).__name__}")
+    validate.array(name, x)
     if x.dtype == bool or not np.issubdtype(x.dtype, np.integer):
         raise TypeError(f"{name} must have an integer dtype, got dtype {x.dtype}")
     if x.size == 0:
@@ -90,8 +89,7 @@ def confusion_matrix(pred, labels, num_classes, ignore_index=255, mask=None):
 
 
 def _confusion(conf):
-    if not (isinstance(conf, np.ndarray) or backend.is_gpu_array(conf)):
-        raise TypeError(f"conf must be a NumPy or CuPy array, got {type(conf).__name__}")
+    validate.array("conf", conf)
     if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
         raise ValueError(f"conf must be a square C×C matrix, got shape {tuple(conf.shape)}")
     if bool((conf < 0).any()):

@@ -14,13 +14,19 @@ from . import backend
 FLOATS = (np.float32, np.float64)
 
 
+def array(name, x):
+    """Check that ``x`` is a NumPy or CuPy array (not a list, not a scalar); returns it."""
+    if not (isinstance(x, np.ndarray) or backend.is_gpu_array(x)):
+        raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
+    return x
+
+
 def float_array(name, x, ndim=None, finite=True):
     """Check that ``x`` is a float32/float64 NumPy or CuPy array of ``ndim`` dimensions.
 
     ``finite=True`` also rejects NaN and infinity. Returns ``x`` unchanged.
     """
-    if not (isinstance(x, np.ndarray) or backend.is_gpu_array(x)):
-        raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(x).__name__}")
+    array(name, x)
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     if x.dtype not in FLOATS:

@@ -261,8 +261,12 @@ def dense_crf(image, probs, *, iterations=10, w1, sigma_alpha, sigma_beta, w2=3.
     -------
     Q : (C, H, W) float32, each pixel summing to 1. :func:`map_labels` gives the labels.
     """
-    image = potentials.check_image(image)
-    probs = potentials.check_probs(probs)
+    validate.array("image", image)
+    validate.array("probs", probs)
+    device = backend.resolve_device(device)
+    # the value checks (finite, sums to 1) run where the arrays will be, a GPU's being faster
+    image = potentials.check_image(backend.to_device(image, device))
+    probs = potentials.check_probs(backend.to_device(probs, device))
     iterations = validate.integer("iterations", iterations, minimum=0)
     for name, value in (("w1", w1), ("w2", w2)):
         if isinstance(value, bool) or not np.isfinite(value):
@@ -276,9 +280,7 @@ def dense_crf(image, probs, *, iterations=10, w1, sigma_alpha, sigma_beta, w2=3.
     if method == "naive" and h * w > naive.MAX_PIXELS:
         raise ValueError(f"method='naive' is exact and O(N²): it accepts at most {naive.MAX_PIXELS} "
                          f"pixels, got {h}×{w} = {h * w}; use method='lattice'")
-    device = backend.resolve_device(device)
-    image, probs = backend.to_device(image, device), backend.to_device(probs, device)
-    spatial = backend.to_device(potentials.spatial_features((h, w), sigma_gamma), device)
+    spatial = potentials.spatial_features((h, w), sigma_gamma, device)
     bilateral = potentials.bilateral_features(image, sigma_alpha, sigma_beta)
     terms = [PairwiseTerm(spatial, w2, method, normalization, include_self),  # the reference's order
              PairwiseTerm(bilateral, w1, method, normalization, include_self)]

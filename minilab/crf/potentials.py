@@ -25,8 +25,7 @@ PROB_FLOOR = np.float32(1e-10)
 
 def check_image(image):
     """Check an ``H×W×3`` uint8 photo or ``H×W×F`` float feature image; return it."""
-    if not (isinstance(image, np.ndarray) or backend.is_gpu_array(image)):
-        raise TypeError(f"image must be a NumPy or CuPy array, got {type(image).__name__}")
+    validate.array("image", image)
     if image.ndim != 3 or image.shape[2] < 1:
         raise ValueError(f"image must be H×W×3 (uint8) or H×W×F (float), got shape {tuple(image.shape)}")
     if image.dtype != np.uint8:
@@ -51,7 +50,7 @@ def check_probs(probs, tolerance=1e-3):
     return probs
 
 
-def spatial_features(shape, sigma_gamma):
+def spatial_features(shape, sigma_gamma, device="cpu"):
     """Smoothness-kernel features f = (x/σγ, y/σγ), x the column and y the row.
 
     Parameters
@@ -59,14 +58,16 @@ def spatial_features(shape, sigma_gamma):
     shape : (H, W)
     sigma_gamma : float > 0
         σγ of eq. (3); pydensecrf's ``addPairwiseGaussian(sxy=σγ)``.
+    device : ``"cpu"`` (a NumPy array) or ``"gpu"`` (a CuPy array, computed there)
 
     Returns
     -------
-    features : (H·W, 2) float32 NumPy array, pixel n = row·W + column.
+    features : (H·W, 2) float32, pixel n = row·W + column.
     """
     sigma_gamma = validate.positive("sigma_gamma", sigma_gamma)
     h, w = validate.pair("shape", shape, minimum=1)
-    return _positions(h, w, np.float32(sigma_gamma))
+    xp = backend.cupy if backend.resolve_device(device) == "gpu" else np
+    return _positions(xp, h, w, np.float32(sigma_gamma))
 
 
 def bilateral_features(image, sigma_alpha, sigma_beta):
@@ -92,15 +93,15 @@ def bilateral_features(image, sigma_alpha, sigma_beta):
     xp = backend.array_module(image)
     h, w, f = image.shape
     out = xp.empty((h * w, 2 + f), dtype=np.float32)
-    out[:, :2] = xp.asarray(_positions(h, w, np.float32(sigma_alpha)))
+    out[:, :2] = _positions(xp, h, w, np.float32(sigma_alpha))
     out[:, 2:] = image.reshape(h * w, f).astype(np.float32) / np.float32(sigma_beta)
     return out
 
 
-def _positions(h, w, sigma):
-    """(H·W, 2) float32 of (column/σ, row/σ)."""
-    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
-    return np.stack([cols.ravel() / sigma, rows.ravel() / sigma], axis=1)
+def _positions(xp, h, w, sigma):
+    """(H·W, 2) float32 of (column/σ, row/σ), made by the array module ``xp`` (on its device)."""
+    rows, cols = xp.divmod(xp.arange(h * w, dtype=np.int32), w)
+    return xp.stack([cols.astype(np.float32) / sigma, rows.astype(np.float32) / sigma], axis=1)
 
 
 def log_probs(probs):

@@ -3,7 +3,7 @@ import numbers
 
 import numpy as np
 
-from .. import backend, validate
+from .. import validate
 
 
 def upstream_gradient(dout, shape, dtype, name="dout"):
@@ -27,8 +27,7 @@ def unit_interval(name, value):
 
 def label_array(name, labels):
     """Check that ``labels`` is a NumPy or CuPy array of an integer dtype."""
-    if not (isinstance(labels, np.ndarray) or backend.is_gpu_array(labels)):
-        raise TypeError(f"{name} must be a NumPy or CuPy array, got {type(labels).__name__}")
+    validate.array(name, labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
     return labels

@@ -29,4 +29,5 @@ step bench_crf 75 $py benchmarks/bench_crf.py --device gpu
 step bench_atrous 75 $py benchmarks/bench_atrous.py --device gpu
 step bench_model 75 $py benchmarks/bench_model.py --device gpu
 step bench_train 50 $py benchmarks/bench_train.py --device gpu
+step profile 60 $py benchmarks/profile_gpu.py
 exit $failed

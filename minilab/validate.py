@@ -5,13 +5,16 @@ wrong answer. Public functions call these helpers first; each raises ``TypeError
 kind of thing) or ``ValueError`` (right kind, wrong value) with a message that names the
 argument, what was expected and what was given.
 """
+import contextlib
 import numbers
+import threading
 
 import numpy as np
 
 from . import backend
 
 FLOATS = (np.float32, np.float64)
+_scans = threading.local()  # .off: True inside finite_scans_off() on this thread
 
 
 def array(name, x):
@@ -24,16 +27,36 @@ def array(name, x):
 def float_array(name, x, ndim=None, finite=True):
     """Check that ``x`` is a float32/float64 NumPy or CuPy array of ``ndim`` dimensions.
 
-    ``finite=True`` also rejects NaN and infinity. Returns ``x`` unchanged.
+    ``finite=True`` also rejects NaN and infinity (a scan of every element, skipped inside
+    :func:`finite_scans_off`). Returns ``x`` unchanged.
     """
     array(name, x)
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     if x.dtype not in FLOATS:
         raise TypeError(f"{name} must be float32 or float64, got dtype {x.dtype}")
-    if finite and not bool(backend.array_module(x).isfinite(x).all()):
+    if finite and not getattr(_scans, "off", False) and not bool(backend.array_module(x).isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinity")
     return x
+
+
+@contextlib.contextmanager
+def finite_scans_off():
+    """Within this block (on this thread) :func:`float_array` skips its NaN/infinity scan;
+    the type, dtype and shape checks stay.
+
+    A network checks its input once and runs its layers inside this block: otherwise each
+    layer's op scans its input again, an extra pass over memory per op and, on a GPU, a
+    device-to-host synchronisation per op that leaves the GPU idle while Python waits.
+    Values inside a network come from finite inputs and weights; training still stops at a
+    non-finite loss.
+    """
+    before = getattr(_scans, "off", False)
+    _scans.off = True
+    try:
+        yield
+    finally:
+        _scans.off = before
 
 
 def integer(name, value, minimum=None):

@@ -60,3 +60,22 @@ def test_validate_messages():
         validate.pair("padding", (1, -1))
     with pytest.raises(ValueError, match="method must be one of"):
         validate.choice("method", "fft", {"sparse", "zeros"})
+
+
+def test_finite_scans_off_skips_only_the_scan():
+    bad = np.array([1.0, np.nan])
+    with validate.finite_scans_off():
+        assert validate.float_array("x", bad) is bad
+        with validate.finite_scans_off():  # nests
+            pass
+        validate.float_array("x", bad)  # still off after the inner block
+        with pytest.raises(TypeError, match="x must be float32 or float64"):
+            validate.float_array("x", np.zeros(3, dtype=np.int64))
+        with pytest.raises(ValueError, match="x must have 4 dimensions"):
+            validate.float_array("x", bad, ndim=4)
+    with pytest.raises(ValueError, match="x contains NaN"):
+        validate.float_array("x", bad)
+    with pytest.raises(RuntimeError), validate.finite_scans_off():
+        raise RuntimeError  # the scan comes back after an exception too
+    with pytest.raises(ValueError, match="x contains NaN"):
+        validate.float_array("x", bad)

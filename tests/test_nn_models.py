@@ -86,6 +86,12 @@ def test_nn_output_stride_and_shapes():
         vgg.forward(np.zeros((1, 1, 33, 33), np.float32))
     with pytest.raises(ValueError, match="x must have 4 dimensions"):
         vgg.forward(np.zeros((3, 33, 33), np.float32))
+    # the model scans its input and upstream gradient once; its layers then skip the scan
+    with pytest.raises(ValueError, match="x contains NaN"):
+        vgg.forward(np.full((1, 3, 33, 33), np.nan, np.float32))
+    out = vgg.forward(np.zeros((1, 3, 33, 33), np.float32))
+    with pytest.raises(ValueError, match="dout contains NaN"):
+        vgg.backward(np.full(out.shape, np.inf, np.float32))
     with pytest.raises(ValueError, match="preset must be one of"):
         nn.deeplab("resnet-9000")
     with pytest.raises(ValueError, match="output_stride must be one of"):

@@ -489,42 +489,52 @@ class LatticeFilter:
         else:
             raise ValueError(f"the lattice spans {span} points along each of its {d} axes, too many to encode "
                              "a vertex in 64 bits on the GPU; use larger sigmas or fewer feature channels")
-        if self.kernels == "cuda":  # the gather splat's vertex -> points lists
-            flat = self.offsets.ravel()
-            order = xp.argsort(flat, kind="stable")
-            self.pixel = (order // (d + 1)).astype(np.int32)
-            self.weight = self.weights.ravel()[order]
-            self.start = xp.zeros(self.n_vertices + 1, dtype=np.int64)
-            self.start[1:] = xp.cumsum(xp.bincount(flat, minlength=self.n_vertices))
         self.ones = xp.ones(n, dtype=np.float32)
         self._work = {}
         self._views = {}
 
     def _number_sorted(self, codes, span):
-        """Number the vertices (CPU: in order of appearance; GPU: in the order of their codes,
-        ``unique``) and find the blur neighbours by code arithmetic on the sorted codes:
-        along axis j < d the neighbour's key is shifted by
-        −1 (+1) in every coordinate and by +d (−d) in coordinate j, i.e. its code by
-        ∓Σ_i span^i ± (d+1)·span^j; along axis d by ∓Σ_i span^i."""
+        """Number the vertices (CPU: in order of appearance; GPU: in the order of their codes)
+        and find the blur neighbours by code arithmetic on the sorted codes: along axis j < d
+        the neighbour's key is shifted by −1 (+1) in every coordinate and by +d (−d) in
+        coordinate j, i.e. its code by ∓Σ_i span^i ± (d+1)·span^j; along axis d by ∓Σ_i span^i.
+
+        On the GPU the numbering is a sort: a vertex starts where the sorted codes change, and
+        the same sort lists each vertex's (point, corner) entries for the gather splat."""
         xp, d = self.xp, self.d
+        total = sum(span**i for i in range(d))
+        shifts = [s for j in range(d + 1) for along in [(d + 1) * span**j if j < d else 0]
+                  for s in (along - total, total - along)]  # (axis j, side 0/1) in order
         if self.kernels == "numba":
             ids, unique, order = _unique_codes_cpu(codes.ravel())
+            m = unique.shape[0]
+            self.neighbours = np.empty((d + 1, m, 2), dtype=np.int32)
+            for k, shift in enumerate(shifts):
+                _merge_lookup(unique, order, shift, self.neighbours[k // 2, :, k % 2])
         else:
-            unique, ids = xp.unique(codes.ravel(), return_inverse=True)
-        m = unique.shape[0]
+            flat = codes.ravel()
+            order = xp.argsort(flat, kind="stable")  # a vertex's entries stay in point order
+            ordered = flat[order]
+            first = xp.empty(flat.shape[0], dtype=bool)
+            first[0] = True
+            xp.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+            starts = xp.flatnonzero(first)
+            unique = ordered[starts]
+            m = unique.shape[0]
+            ids = xp.empty(flat.shape[0], dtype=np.int32)
+            ids[order] = xp.cumsum(first, dtype=np.int32) - 1
+            # the gather splat's lists: vertex v owns entries start[v]:start[v+1] of pixel/weight
+            self.start = xp.empty(m + 1, dtype=np.int64)
+            self.start[:m] = starts
+            self.start[m] = flat.shape[0]
+            self.pixel = (order // (d + 1)).astype(np.int32)
+            self.weight = self.weights.ravel()[order]
+            wanted = (unique[None, :] + xp.asarray(np.array(shifts, dtype=np.int64))[:, None]).ravel()
+            index = xp.minimum(xp.searchsorted(unique, wanted), m - 1)
+            found = xp.where(unique[index] == wanted, index, m).astype(np.int32)
+            self.neighbours = xp.ascontiguousarray(found.reshape(d + 1, 2, m).transpose(0, 2, 1))
         self.n_vertices = m
         self.offsets = ids.reshape(codes.shape).astype(np.int32)
-        total = sum(span**i for i in range(d))
-        self.neighbours = xp.empty((d + 1, m, 2), dtype=np.int32)
-        for j in range(d + 1):
-            along = (d + 1) * span**j if j < d else 0
-            for side, shift in ((0, along - total), (1, total - along)):
-                if self.kernels == "numba":
-                    _merge_lookup(unique, order, shift, self.neighbours[j, :, side])
-                else:
-                    wanted = unique + shift
-                    index = xp.minimum(xp.searchsorted(unique, wanted), m - 1)
-                    self.neighbours[j, :, side] = xp.where(unique[index] == wanted, index, m)
 
     def _buffers(self, c):
         """Work arrays for C channels, kept between calls: two (M+1, C') vertex buffers (row M is

@@ -42,10 +42,13 @@ class DeepLab(Module):
         validate.float_array("x", x, ndim=4)
         if x.shape[1] != 3:
             raise ValueError(f"x must have 3 channels (N×3×H×W), got shape {tuple(x.shape)}")
-        return self.head.forward(self.backbone.forward(x))
+        with validate.finite_scans_off():  # x was scanned: the layers need not scan again
+            return self.head.forward(self.backbone.forward(x))
 
     def backward(self, dout):
-        return self.backbone.backward(self.head.backward(dout))
+        validate.float_array("dout", dout, ndim=4)
+        with validate.finite_scans_off():
+            return self.backbone.backward(self.head.backward(dout))
 
     def predict(self, x):
         """Scores at the input's size: the stride-8 scores upsampled bilinearly.

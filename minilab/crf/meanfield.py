@@ -22,6 +22,8 @@ Two choices the paper leaves implicit are explicit arguments:
   (k(f_i, f_i) = 1). With ``include_self=False`` the kernel matrix has a zero diagonal, in the
   normaliser K1 as well.
 """
+import math
+
 import numpy as np
 from numba import float32, njit, prange
 
@@ -149,24 +151,21 @@ if backend.cuda is not None:
     _normalize_point_gpu = _cuda.jit(device=True)(_normalize_point)
 
     @_cuda.jit
-    def _subtract_max_gpu(energy):
+    def _softmax_gpu(energy, out):
         p = _cuda.grid(1)
         if p < energy.shape[0]:
             _subtract_max_point_gpu(p, energy)
-
-    @_cuda.jit
-    def _normalize_gpu(q):
-        p = _cuda.grid(1)
-        if p < q.shape[0]:
-            _normalize_point_gpu(p, q)
+            for k in range(energy.shape[1]):
+                out[p, k] = math.exp(energy[p, k])
+            _normalize_point_gpu(p, out)
 
 
 def softmax_labels(energy, out=None, kernels=None):
     """Softmax over labels of each row of an (N, C) float32 ``energy``, in float32:
-    subtract the row's max, exponentiate (the array module's vectorised exp), divide by the
-    row's sum. ``energy`` is overwritten (max subtracted); returns ``out`` (new if None).
-    ``kernels``: ``"numba"`` (default for NumPy) or ``"cuda"`` (default for CuPy; NumPy
-    arrays under the CUDA simulator)."""
+    subtract the row's max, exponentiate, divide by the row's sum. ``energy`` is overwritten
+    (max subtracted); returns ``out`` (new if None). ``kernels``: ``"numba"`` (default for
+    NumPy: the exponential is NumPy's vectorised one) or ``"cuda"`` (default for CuPy, NumPy
+    arrays under the CUDA simulator: one launch, a thread per row)."""
     xp = backend.array_module(energy)
     out = xp.empty_like(energy) if out is None else out
     if (kernels or ("numba" if xp is np else "cuda")) == "numba":
@@ -174,10 +173,7 @@ def softmax_labels(energy, out=None, kernels=None):
         np.exp(energy, out=out)
         _normalize_cpu(out)
     else:
-        blocks = (energy.shape[0] + 127) // 128
-        _subtract_max_gpu[blocks, 128](energy)
-        xp.exp(energy, out=out)
-        _normalize_gpu[blocks, 128](out)
+        _softmax_gpu[(energy.shape[0] + 127) // 128, 128](energy, out)
     return out
 
 

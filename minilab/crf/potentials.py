@@ -37,13 +37,17 @@ def check_image(image):
 
 def check_probs(probs, tolerance=1e-3):
     """Check a ``C×H×W`` probability map: float, C >= 2, finite, >= 0, pixels summing to 1."""
-    validate.float_array("probs", probs, ndim=3)
+    validate.float_array("probs", probs, ndim=3, finite=False)
     if probs.shape[0] < 2:
         raise ValueError(f"probs must have at least 2 labels (C×H×W with C >= 2), got shape {tuple(probs.shape)}")
     xp = backend.array_module(probs)
-    if bool((probs < 0).any()):
+    # three reductions, one transfer to the host (on a GPU, one synchronisation)
+    finite, lowest, worst = xp.stack([xp.isfinite(probs).all(), probs.min(), xp.abs(probs.sum(axis=0) - 1).max()]
+                                     ).tolist()
+    if not finite:
+        raise ValueError("probs contains NaN or infinity")
+    if lowest < 0:
         raise ValueError("probs must be >= 0 (probabilities), got negative values")
-    worst = float(xp.abs(probs.sum(axis=0) - 1).max())
     if worst > tolerance:
         raise ValueError(f"probs must sum to 1 over labels at every pixel (axis 0), "
                          f"got sums off by up to {worst:.3g}; apply a softmax first")

@@ -171,7 +171,8 @@ def main():
             print(f"  {name}: skipped {s}")
     threads = args.threads or os.cpu_count()
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    notes = (f"{threads} thread(s); OpenBLAS core type {openblas_core()}; load average at the end "
+    notes = (("GPU: CuPy against torch's cuDNN in plain float32 (TF32 off). " if args.device == "gpu" else "")
+             + f"{threads} thread(s); OpenBLAS core type {openblas_core()}; load average at the end "
              f"{load} (other jobs shared the machine: compare ratios, not times). float32, stride 1, padding = rate. Ratios are minilab time / torch time in the same "
              "run (below 1 = faster). Peak MiB: memory allocated during forward+backward "
              "(not measured for torch). 'direct' is skipped on every shape (a loop reference); "

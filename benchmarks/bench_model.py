@@ -95,7 +95,8 @@ def main():
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     write_results(f"bench_model_{device}", rows, notes=(
         f"float32, batch 1, training mode (batch statistics, dropout 0.5); median of {args.repeat} "
-        f"interleaved runs; torch {torch.__version__} with {torch.get_num_threads()} threads; "
+        f"interleaved runs; torch {torch.__version__} with {torch.get_num_threads()} threads"
+        f"{' (GPU: cuDNN and cuBLAS in plain float32, TF32 off)' if device == 'gpu' else ''}; "
         f"load average at the end {load}; ratio = minilab / torch (lower is better)."))
 
 

@@ -94,7 +94,8 @@ def main(device="cpu", repeat=7):
         rows.append(row)
     write_results("train" if device == "cpu" else "train_gpu", rows, notes=(
         f"One SGD iteration of the demo's DeepLab-ASPP (batch {BATCH}, {SIZE}×{SIZE}, 5 classes), median of "
-        f"{repeat}, minilab and torch interleaved. {machine()}."))
+        f"{repeat}, minilab and torch interleaved"
+        f"{' (torch in plain float32, TF32 off)' if device == 'gpu' else ''}. {machine()}."))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
 #
 #     bash benchmarks/run_gpu.sh [LOGDIR]      # from the repository root
 #
+# numba-cuda (0.30.4 and earlier) cannot compile kernels under NumPy 2.5 (it registers the
+# removed np.row_stack): use NumPy < 2.5, as the gpu extra pins.
+#
 # Each step has its own time limit so that one hang cannot starve the others; the exit
 # status is the number of steps that failed.
 set -u

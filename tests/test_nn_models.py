@@ -124,3 +124,35 @@ def test_nn_table1_parameters():
     assert round((backbone + head(7, 4096)) / 1e6, 1) == 134.3
     assert round((backbone + head(4, 4096)) / 1e6, 1) == 65.1
     assert round((backbone + head(3, 1024)) / 1e6, 1) == 20.5
+
+
+def test_nn_aspp_v3_gradients_and_concatenation(rng):
+    head = nn.ASPPv3(4, 3, rates=(1, 2), width=3, dropout=0.2, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((3, 4, 6, 6))  # batch >= 2: the image-level batch norm needs two values
+    check_module(head, x, rng, reset=replay_dropout(head))
+    assert len(head.branches) == 4 and head.project[0].weight.shape == (3, 12, 1, 1)
+    head.eval()  # the head by hand: concatenate the branches, project, classify
+    features = np.concatenate([b.forward(x) for b in head.branches], axis=1)
+    np.testing.assert_allclose(head.forward(x), head.classifier.forward(head.project.forward(features)),
+                               atol=1e-12)
+    assert nn.receptive_field(nn.DeepLab(nn.resnet((1, 1, 1, 1), width=4), head)) == float("inf")
+    with pytest.raises(ValueError, match="rates must be a non-empty tuple"):
+        nn.ASPPv3(4, 3, rates=())
+
+
+def test_nn_image_pooling_spreads_the_mean(rng):
+    pool = jitter_biases(nn.ImagePooling(3, 2, rng=rng, dtype=np.float64), rng)
+    x = rng.standard_normal((3, 3, 5, 4))
+    check_module(pool, x, rng)
+    y = pool.eval().forward(x)
+    assert y.shape == (3, 2, 5, 4)
+    np.testing.assert_allclose(y, y[:, :, :1, :1] * np.ones((1, 1, 5, 4)), atol=0)  # constant over the map
+    np.testing.assert_allclose(y[:, :, 0, 0], pool.unit.forward(x.mean(axis=(2, 3), keepdims=True))[:, :, 0, 0])
+
+
+def test_nn_deeplab_with_the_v3_head(rng):
+    backbone = nn.resnet((1, 1, 1, 1), width=4, output_stride=16, rng=rng, dtype=np.float64)
+    model = nn.DeepLab(backbone, nn.ASPPv3(backbone.out_channels, 3, width=4, rng=rng, dtype=np.float64))
+    x = rng.standard_normal((3, 3, 33, 33))  # with two images the pooled batch norm's output is ±1 whatever
+    assert model.forward(x).shape == (3, 3, 3, 3)  # the input: its gradient vanishes and the check sees noise
+    check_module(model, x, rng, samples=4, reset=replay_dropout(model))

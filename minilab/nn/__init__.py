@@ -7,7 +7,7 @@ Everything a user needs is re-exported here::
     scores = model.forward(x)            # N×4×H/8×W/8
     dx = model.backward(dscores)         # parameter gradients land in p.grad
 """
-from .aspp import ASPP, ASPP_L, ASPP_S, LARGE_FOV, ASPPBranch
+from .aspp import ASPP, ASPP_L, ASPP_S, ASPP_V3, LARGE_FOV, ASPPBranch, ASPPv3, ImagePooling, conv_bn_relu
 from .backbones import VGG, Bottleneck, ResNet, resnet, vgg16_largefov
 from .deeplab import (PRESETS, DeepLab, MultiScale, deeplab, deeplab_resnet, deeplab_vgg16,
                       output_stride, receptive_field, table1_fov, upsample_to)
@@ -15,7 +15,7 @@ from .layers import BatchNorm2d, Conv2d, Dropout2d, MaxPool2d, ReLU, Upsample, m
 from .module import LoadResult, Module, Parameter, Sequential, load_weights, save_weights
 
 __all__ = [
-    "ASPP", "ASPP_L", "ASPP_S", "LARGE_FOV", "ASPPBranch", "VGG", "Bottleneck", "ResNet",
+    "ASPP", "ASPP_L", "ASPP_S", "ASPP_V3", "LARGE_FOV", "ASPPBranch", "ASPPv3", "ImagePooling", "conv_bn_relu", "VGG", "Bottleneck", "ResNet",
     "resnet", "vgg16_largefov", "PRESETS", "DeepLab", "MultiScale", "deeplab", "deeplab_resnet",
     "deeplab_vgg16", "output_stride", "receptive_field", "table1_fov", "upsample_to",
     "BatchNorm2d", "Conv2d", "Dropout2d", "MaxPool2d", "ReLU", "Upsample", "make_rng",

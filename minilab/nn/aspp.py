@@ -10,16 +10,21 @@ and the branch score maps are *summed*. With one branch of rate 12 this is DeepL
 ASPP-S uses rates {2, 4, 8, 12} and ASPP-L {6, 12, 18, 24} (Table 3). A rate-r 3×3 branch
 sees an effective 2r+1 window of stride-8 units, so ASPP-L's branches look at objects of
 very different sizes at once.
+
+:class:`ASPPv3` is DeepLab-v3's form of the head (Chen et al. 2017, "Rethinking atrous
+convolution", §3.3): batch-normalised branches, an image-level branch, and the branch
+features *concatenated* rather than the score maps summed.
 """
 import numpy as np
 
-from .. import validate
-from .layers import Conv2d, Dropout2d, ReLU, make_rng
+from .. import backend, validate
+from .layers import BatchNorm2d, Conv2d, Dropout2d, ReLU, make_rng
 from .module import Module, Sequential
 
 LARGE_FOV = (12,)
 ASPP_S = (2, 4, 8, 12)
 ASPP_L = (6, 12, 18, 24)
+ASPP_V3 = (6, 12, 18)  # DeepLab-v3's rates at output stride 16 (doubled at stride 8)
 
 
 class ASPPBranch(Sequential):
@@ -106,3 +111,98 @@ class ASPP(Module):
     def receptive_field(self, rf=1, jump=1):
         """The widest branch (the largest rate) sets the field of view."""
         return max(b.receptive_field(rf, jump) for b in self.branches)
+
+
+def conv_bn_relu(in_channels, out_channels, kernel_size=1, *, rate=1, method="shifted", rng=None,
+                 dtype=np.float32):
+    """Conv2d (no bias, "same" padding at stride 1) → BatchNorm2d → ReLU: DeepLab-v3's unit."""
+    return Sequential(Conv2d(in_channels, out_channels, kernel_size, rate=rate, padding=rate * (kernel_size - 1) // 2,
+                             bias=False, method=method, rng=rng, dtype=dtype),
+                      BatchNorm2d(out_channels, dtype=dtype), ReLU())
+
+
+class ImagePooling(Module):
+    """DeepLab-v3's image-level features: the global average of each channel through a
+    :func:`conv_bn_relu` 1×1 unit, spread back over the whole map,
+
+        ``y[n, :, i, j] = g( mean_{a,b} x[n, :, a, b] )``  for every (i, j).
+
+    Backward sums ``dout`` over the map, goes back through ``g``, and spreads the result
+    evenly: ``dx[n, c, a, b] = dm[n, c] / (H·W)``. In training mode the batch norm needs
+    a batch of at least two images (one value per channel per image). Parameters
+    ``unit.0.weight``, ``unit.1.weight``, ...
+    """
+
+    def __init__(self, in_channels, out_channels, *, method="shifted", rng=None, dtype=np.float32):
+        super().__init__()
+        self.unit = conv_bn_relu(in_channels, out_channels, method=method, rng=rng, dtype=dtype)
+
+    def forward(self, x):
+        self._shape = x.shape
+        y = self.unit.forward(x.mean(axis=(2, 3), keepdims=True))
+        return backend.array_module(y).broadcast_to(y, y.shape[:2] + x.shape[2:]).copy()
+
+    def backward(self, dout):
+        n, c, h, w = self._shape
+        dm = self.unit.backward(dout.sum(axis=(2, 3), keepdims=True))
+        return backend.array_module(dm).broadcast_to(dm / (h * w), self._shape).copy()
+
+    def receptive_field(self, rf=1, jump=1):
+        """Every output unit sees the whole input: no finite window."""
+        return float("inf"), jump
+
+
+class ASPPv3(Module):
+    """DeepLab-v3's ASPP head: a 1×1 unit, one 3×3 unit per rate and :class:`ImagePooling`,
+    each ``width`` channels wide, concatenated, then a 1×1 unit and a 1×1 classifier,
+
+        ``y = classifier( project( concat_b branch_b(x) ) )``
+
+    every unit being conv → batch norm → ReLU. Backward splits the gradient of the
+    concatenation by channels, one block per branch, and sums the branches' input gradients.
+    Pass ``rates`` doubled (12, 24, 36) at output stride 8.
+
+    Shapes: x (N, in_channels, H, W) → (N, num_classes, H, W); parameters ``branches.<i>.*``,
+    ``project.*``, ``classifier.*``.
+
+    Parameters
+    ----------
+    in_channels, num_classes : int
+    rates : tuple of int, the 3×3 branches' rates (``ASPP_V3``)
+    width : int, channels of every branch and of the projection (256 in the paper)
+    dropout : float, dropout before the classifier (0.1, as torchvision's DeepLab-v3 head uses)
+    method, rng, dtype : as for :class:`ASPP`
+    """
+
+    def __init__(self, in_channels, num_classes, rates=ASPP_V3, width=256, *, dropout=0.1, method="shifted",
+                 rng=None, dtype=np.float32):
+        super().__init__()
+        rng = make_rng(rng)
+        if not (isinstance(rates, (tuple, list)) and rates):
+            raise ValueError(f"rates must be a non-empty tuple of ints, got {rates!r}")
+        self.rates = tuple(validate.integer("rates", r, 1) for r in rates)
+        width = validate.integer("width", width, 1)
+        unit = dict(method=method, rng=rng, dtype=dtype)
+        self.branches = ([conv_bn_relu(in_channels, width, 1, **unit)]
+                         + [conv_bn_relu(in_channels, width, 3, rate=r, **unit) for r in self.rates]
+                         + [ImagePooling(in_channels, width, **unit)])
+        self.project = conv_bn_relu(width * len(self.branches), width, 1, **unit)
+        self.drop = Dropout2d(dropout, rng=rng)
+        self.classifier = Conv2d(width, num_classes, 1, method=method, std=0.01, rng=rng, dtype=dtype)
+
+    def forward(self, x):
+        xp = backend.array_module(x)
+        features = xp.concatenate([branch.forward(x) for branch in self.branches], axis=1)
+        return self.classifier.forward(self.drop.forward(self.project.forward(features)))
+
+    def backward(self, dout):
+        d = self.project.backward(self.drop.backward(self.classifier.backward(dout)))
+        width = d.shape[1] // len(self.branches)
+        dx = self.branches[0].backward(d[:, :width])
+        for i, branch in enumerate(self.branches[1:], 1):
+            dx = dx + branch.backward(d[:, i * width:(i + 1) * width])
+        return dx
+
+    def receptive_field(self, rf=1, jump=1):
+        """The image-level branch sees everything."""
+        return max(b.receptive_field(rf, jump)[0] for b in self.branches), jump

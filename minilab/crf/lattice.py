@@ -18,9 +18,10 @@ every mean-field iteration; steps 2-4 filter all C label maps at once, values st
 vertices × C contiguous. The arithmetic follows the reference C++ code (Krähenbühl's
 ``permutohedral.cpp``, SSE branch) in float32 step by step, so the two agree to rounding.
 
-Vertex numbering is sort-based and shared by the CPU and the GPU: each vertex key becomes one
-int64 code, ``unique(return_inverse=True)`` numbers the vertices, and the blur neighbours are
-found by code arithmetic (a linear merge on the CPU, ``searchsorted`` on the GPU). Lattices
+Vertex numbering works on codes on both devices: each vertex key becomes one int64 code; the
+CPU numbers the codes in order of first appearance (a hash table), the GPU by sorting them;
+the blur neighbours are found by code arithmetic on the sorted codes (a linear merge on the
+CPU, ``searchsorted`` on the GPU). Lattices
 too wide for 64-bit codes fall back, on the CPU, to an open-addressing hash table (the
 reference's approach); tests check that both give the same lattice.
 
@@ -28,8 +29,8 @@ The per-point and per-vertex bodies below are plain Python functions compiled tw
 ``njit`` for the CPU kernels and by ``cuda.jit(device=True)`` for their CUDA twins, so both
 run the same index arithmetic. The one exception is the splat: the CPU scatters in point
 order (one block of points per thread, each with its own buffer, summed at the end), the GPU
-gathers per vertex through a counting sort of the point-to-vertex table (one thread per
-vertex and channel, deterministic, no atomics).
+gathers per vertex through the sorted codes, which list each vertex's (point, corner) entries
+(one thread per vertex and channel, deterministic, no atomics).
 """
 import math
 
@@ -426,6 +427,41 @@ if backend.cuda is not None:
             _slice_point_gpu(p, c, c + 1, vertex_values, offsets, weights, alpha, scale, factor, out, accumulate)
 
 
+def embed(features, kernels=None):
+    """Step 1 for every point: elevate, find the nearest remainder-0 point and the enclosing
+    simplex with its barycentric weights (the kernels' per-point body is ``_embed_point``).
+
+    Parameters
+    ----------
+    features : (N, d) float32 NumPy or CuPy array, already divided by the kernel's σ
+    kernels : ``"numba"`` (CPU) or ``"cuda"`` (default for CuPy; NumPy arrays under the
+        CUDA simulator)
+
+    Returns
+    -------
+    elevated : (N, d+1) float32, the point on the plane Σx = 0
+    rem0 : (N, d+1) int32, the nearest remainder-0 lattice point
+    rank : (N, d+1) int32, each coordinate's rank among the differences ``elevated − rem0``
+        (0 = largest); simplex vertex r is ``rem0 + r`` where ``rank <= d − r``, else
+        ``rem0 + r − (d+1)``
+    bary : (N, d+2) float32, the weights of vertices 0..d in columns 0..d (column d+1 is
+        scratch), each row summing to 1
+    """
+    xp = backend.array_module(features)
+    n, d = features.shape
+    features = xp.ascontiguousarray(features, dtype=np.float32)
+    elevated = xp.empty((n, d + 1), dtype=np.float32)
+    rem0 = xp.empty((n, d + 1), dtype=np.int32)
+    rank = xp.empty((n, d + 1), dtype=np.int32)
+    bary = xp.empty((n, d + 2), dtype=np.float32)
+    scale = xp.asarray(scale_factors(d))
+    if (kernels or ("cuda" if xp is not np else "numba")) == "numba":
+        _embed_cpu(features, scale, elevated, rem0, rank, bary)
+    else:
+        _embed_gpu[(n + THREADS - 1) // THREADS, THREADS](features, scale, elevated, rem0, rank, bary)
+    return elevated, rem0, rank, bary
+
+
 def _grid2(rows, cols):
     """Launch shape for one thread per (row, channel)."""
     tc = min(cols, 32)
@@ -459,17 +495,8 @@ class LatticeFilter:
         n, d = features.shape
         self.d = d
         self.alpha = slice_alpha(d)
-        features = xp.ascontiguousarray(features, dtype=np.float32)
-        scale = xp.asarray(scale_factors(d))
-        elevated = xp.empty((n, d + 1), dtype=np.float32)
-        rem0 = xp.empty((n, d + 1), dtype=np.int32)
-        rank = xp.empty((n, d + 1), dtype=np.int32)
-        bary = xp.empty((n, d + 2), dtype=np.float32)
+        _, rem0, rank, bary = embed(features, self.kernels)
         blocks = (n + THREADS - 1) // THREADS
-        if self.kernels == "numba":
-            _embed_cpu(features, scale, elevated, rem0, rank, bary)
-        else:
-            _embed_gpu[blocks, THREADS](features, scale, elevated, rem0, rank, bary)
         self.weights = xp.ascontiguousarray(bary[:, :d + 1])
         # Vertex coordinates lie within d of rem0's; leave room for the blur's shifts of up to d.
         low = int(rem0[:, :d].min()) - 2 * d - 1

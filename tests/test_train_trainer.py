@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from minilab import nn
+from minilab import backend, nn
 from minilab.data import SyntheticScenes
 from minilab.ops.interp import downsample_labels
 from minilab.ops.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
@@ -119,3 +119,23 @@ def test_config_checks():
         TrainConfig(base_lr=0)
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
+
+
+@pytest.mark.gpu
+def test_trainer_on_the_gpu_follows_the_cpu(tmp_path):
+    """device="gpu": the same seeded run as on the CPU (to float32 rounding), weights on the
+    GPU, validation and a checkpoint that loads on a machine without one."""
+    data, val = SyntheticScenes(20, 40, seed=1), SyntheticScenes(2, 41, seed=9)
+    cpu = Trainer(tiny(), data, config(val_every=3), 5, val_set=val, progress=False)
+    gpu = Trainer(tiny(), data, config(val_every=3, device="gpu"), 5, val_set=val, checkpoint=tmp_path / "g.npz",
+                  progress=False)
+    cpu.fit()
+    gpu.fit()
+    assert all(backend.is_gpu_array(p.data) for p in gpu.model.parameters())
+    np.testing.assert_allclose(gpu.history["loss"], cpu.history["loss"], rtol=1e-3)
+    np.testing.assert_allclose([v["miou"] for v in gpu.history["val"]], [v["miou"] for v in cpu.history["val"]],
+                               atol=0.02)
+    model_state, _, meta = load_checkpoint(tmp_path / "g.npz")
+    assert meta["iteration"] == 6 and all(isinstance(v, np.ndarray) for v in model_state.values())
+    for name, value in cpu.model.state_dict().items():
+        np.testing.assert_allclose(model_state[name], value, rtol=1e-3, atol=1e-5, err_msg=name)

@@ -9,10 +9,18 @@ torch = pytest.importorskip("torch")
 from minilab.nn.torch_twins import twin_of  # noqa: E402  (needs torch)
 
 
+def v3_model():
+    """A tiny ResNet with DeepLab-v3's head (ASPPv3)."""
+    backbone = nn.resnet((1, 1, 1, 1), width=8, rng=11, dtype=np.float64)
+    return nn.DeepLab(backbone, nn.ASPPv3(backbone.out_channels, 5, rates=(2, 4), width=8, dropout=0.0, rng=12,
+                                          dtype=np.float64))
+
+
 @pytest.mark.parametrize("preset, hidden", [("tiny-resnet-aspp", 32), ("tiny-resnet-aspp", None),
-                                            ("tiny-vgg-largefov", 32)])
+                                            ("tiny-vgg-largefov", 32), ("aspp-v3", None)])
 def test_nn_torch_twin_same_outputs_and_gradients(preset, hidden, rng):
-    model = nn.deeplab(preset, num_classes=5, hidden=hidden, dropout=0.0, dtype=np.float64, seed=11)
+    model = (v3_model() if preset == "aspp-v3" else
+             nn.deeplab(preset, num_classes=5, hidden=hidden, dropout=0.0, dtype=np.float64, seed=11))
     twin = twin_of(model)
     assert set(twin.state_dict()) == set(model.state_dict())
     x = rng.standard_normal((2, 3, 57, 49))

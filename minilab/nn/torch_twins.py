@@ -43,6 +43,39 @@ class ASPP(nn.Module):
         return sum(b(x) for b in self.branches)
 
 
+def unit(cin, cout, kernel_size=1, rate=1):
+    """Conv (no bias) → batch norm → ReLU, DeepLab-v3's unit."""
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel_size, padding=rate * (kernel_size - 1) // 2, dilation=rate,
+                                   bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class ImagePooling(nn.Module):
+    """Global average → 1×1 unit → the same vector at every position."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.unit = unit(cin, cout)
+
+    def forward(self, x):
+        return self.unit(x.mean((2, 3), keepdim=True)).expand(-1, -1, *x.shape[2:])
+
+
+class ASPPv3(nn.Module):
+    """DeepLab-v3's head: 1×1 unit, a 3×3 unit per rate, image pooling; concatenated,
+    projected by a 1×1 unit, dropout, 1×1 classifier."""
+
+    def __init__(self, cin, classes, rates, width, p=0.1):
+        super().__init__()
+        self.branches = nn.ModuleList([unit(cin, width)] + [unit(cin, width, 3, r) for r in rates]
+                                      + [ImagePooling(cin, width)])
+        self.project = unit(width * (len(rates) + 2), width)
+        self.drop = nn.Dropout(p)
+        self.classifier = nn.Conv2d(width, classes, 1)
+
+    def forward(self, x):
+        return self.classifier(self.drop(self.project(torch.cat([b(x) for b in self.branches], 1))))
+
+
 class VGG(nn.Module):
     """VGG-16 with DeepLab's pools (3×3, pad 1; stride 2, 2, 2, 1, 1) and conv5 at dilation 2."""
 
@@ -118,11 +151,8 @@ class DeepLab(nn.Module):
 def twin_of(model):
     """An (independently built) torch twin of a minilab DeepLab on VGG or ResNet, holding
     the same weights; float64 when the model is."""
-    from . import backbones
+    from . import aspp, backbones
     bb, head = model.backbone, model.head
-    first = head.branches[0]
-    fc6 = first.fc6.weight.shape
-    hidden, classes = (fc6[0], first.fc8.weight.shape[0]) if hasattr(first, "fc8") else (None, fc6[0])
     if isinstance(bb, backbones.VGG):
         channels, depth, n = [], [], 0
         for m in bb.features:
@@ -138,8 +168,16 @@ def twin_of(model):
             raise ValueError("twin_of builds ResNets of output stride 8 only")
         blocks = tuple(len(getattr(bb, f"layer{i}")) for i in range(1, 5))
         tbb = ResNet(blocks, bb.conv1.weight.shape[0])
-    p = first.drop6.p if hasattr(first, "drop6") else 0.0
-    twin = DeepLab(tbb, ASPP(bb.out_channels, classes, head.rates, hidden, fc6[-1], p))
+    if isinstance(head, aspp.ASPPv3):
+        thead = ASPPv3(bb.out_channels, head.classifier.weight.shape[0], head.rates, head.project[0].weight.shape[0],
+                       head.drop.p)
+    else:
+        first = head.branches[0]
+        fc6 = first.fc6.weight.shape
+        hidden, classes = (fc6[0], first.fc8.weight.shape[0]) if hasattr(first, "fc8") else (None, fc6[0])
+        p = first.drop6.p if hasattr(first, "drop6") else 0.0
+        thead = ASPP(bb.out_channels, classes, head.rates, hidden, fc6[-1], p)
+    twin = DeepLab(tbb, thead)
     state = model.state_dict()
     twin = twin.to(torch.float64 if state[next(iter(state))].dtype == np.float64 else torch.float32)
     twin.load_state_dict({k: torch.from_numpy(np.array(v, order="C")) for k, v in state.items()})

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from crf_helpers import photo
+
 from minilab import crf
 from minilab.crf import lattice, naive
 
@@ -149,9 +151,18 @@ def test_embedding_weights_are_barycentric(rng):
     assert np.unique(a.offsets[0]).size == 6  # d+1 distinct vertices
 
 
-def test_include_self_false_needs_naive(rng):
-    with pytest.raises(ValueError, match="include_self=False needs method='naive'"):
-        crf.dense_crf(_image(rng), _probs(rng, 2, 6, 5), w1=3, sigma_alpha=3, sigma_beta=3, include_self=False)
+@pytest.mark.parametrize("name, sa, sb", [("2007_000033", 10.0, 13.0), ("2007_000129", 6.0, 3.0)])
+def test_lattice_self_weight_is_its_diagonal(name, sa, sb):
+    """include_self=False on the lattice removes exactly the diagonal of the lattice's own
+    kernel matrix, found here by filtering every one-hot vector."""
+    image, _ = photo(name, size=(24, 18))
+    for f in (crf.bilateral_features(image, sa, sb), crf.spatial_features((18, 24), 3.0)):
+        eye = np.eye(f.shape[0], dtype=np.float32)
+        k = crf.LatticeFilter(f)(eye)
+        without = crf.LatticeFilter(f, include_self=False)
+        np.testing.assert_allclose(without.self_weight, np.diag(k), atol=1e-6)
+        assert 0.3 < np.diag(k).min() and np.diag(k).max() < 1  # not the exact kernel's k(f_i, f_i) = 1
+        np.testing.assert_allclose(without(eye), k - np.diag(np.diag(k)), atol=1e-6)
 
 
 GOOD = dict(w1=4.0, sigma_alpha=5.0, sigma_beta=5.0)

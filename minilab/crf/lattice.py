@@ -184,12 +184,51 @@ def _slice_point(p, c0, c1, vertex_values, offsets, weights, alpha, scale, facto
             row[c] += w * vertex[c]
 
 
+def _self_weight_point(p, offsets, weights, rank, neighbours, alpha):
+    """The lattice's weight of point p on itself, (K_lat)_pp = α Σ_{r,r'} w_r w_r' B[v_r, v_r'].
+
+    B, the blur, moves a value along axis j = 0..d in turn by s_j ∈ {−1, 0, +1} steps of
+    u_j = (1, ..., 1) − (d+1)e_j, with weight ½ per step, through vertices that exist.
+    Simplex vertex r+1 is vertex r plus u_k for the k of rank d − r, so v_r − v_r' is
+    ±Σ_{j∈S} u_j with S = {j : d − max(r, r') < rank_j ≤ d − min(r, r')}; as Σ_j u_j = 0,
+    the steps s = ±1_S and s = ∓1_(not S) both lead there (and s = 0, ±1 when r = r').
+    Each is walked through the neighbour table; a missing vertex ends the walk."""
+    d = offsets.shape[1] - 1
+    missing = neighbours.shape[1]
+    total = 0.0
+    for r in range(d + 1):
+        for r2 in range(d + 1):  # the value starts at vertex r2 (splat) and ends at vertex r (slice)
+            lo, hi = min(r, r2), max(r, r2)
+            toward = 1 if r > r2 else -1
+            for variant in range(3 if r == r2 else 2):
+                inside, outside = (toward, 0) if variant == 0 else (0, -toward)
+                if r == r2:  # stay, or go once round all d+1 axes either way
+                    inside, outside = 0, (0 if variant == 0 else (1 if variant == 1 else -1))
+                w = offsets[p, r2]
+                weight = 1.0
+                for j in range(d + 1):
+                    step = inside if d - hi < rank[p, j] <= d - lo else outside
+                    if step != 0 and w != missing:
+                        w = neighbours[j, w, 1 if step > 0 else 0]
+                        weight *= 0.5
+                if w == offsets[p, r]:
+                    total += weights[p, r] * weights[p, r2] * weight
+    return alpha * total
+
+
 _embed_point_cpu = njit(cache=True)(_embed_point)
 _vertex_coordinate_cpu = njit(cache=True)(_vertex_coordinate)
 _vertex_codes_cpu = njit(cache=True)(_vertex_codes)
 _splat_point_cpu = njit(cache=True)(_splat_point)
 _blur_vertex_cpu = njit(cache=True)(_blur_vertex)
 _slice_point_cpu = njit(cache=True)(_slice_point)
+_self_weight_point_cpu = njit(cache=True)(_self_weight_point)
+
+
+@njit(parallel=True, cache=True)
+def _self_weight_cpu(offsets, weights, rank, neighbours, alpha, out):
+    for p in prange(offsets.shape[0]):
+        out[p] = _self_weight_point_cpu(p, offsets, weights, rank, neighbours, alpha)
 
 
 @njit(parallel=True, cache=True)
@@ -395,6 +434,13 @@ if backend.cuda is not None:
     _splat_vertex_gpu = _cuda.jit(device=True)(_splat_vertex)
     _blur_vertex_gpu = _cuda.jit(device=True)(_blur_vertex)
     _slice_point_gpu = _cuda.jit(device=True)(_slice_point)
+    _self_weight_point_gpu = _cuda.jit(device=True)(_self_weight_point)
+
+    @_cuda.jit
+    def _self_weight_gpu(offsets, weights, rank, neighbours, alpha, out):
+        p = _cuda.grid(1)
+        if p < offsets.shape[0]:
+            out[p] = _self_weight_point_gpu(p, offsets, weights, rank, neighbours, alpha)
 
     @_cuda.jit
     def _embed_gpu(features, scale, elevated, rem0, rank, bary):
@@ -477,6 +523,11 @@ class LatticeFilter:
     features : (N, d) float32 array (NumPy or CuPy), already divided by the kernel's σ.
     kernels : ``"numba"`` (CPU) or ``"cuda"`` (Numba CUDA + array code; the default for
         CuPy arrays, also usable with NumPy arrays under the CUDA simulator).
+    include_self : bool
+        False removes the diagonal of the lattice's kernel matrix: each point's own
+        contribution, (K_lat)_ii v_i with (K_lat)_ii computed exactly by
+        ``_self_weight_point`` (about 1, but not exactly: the lattice spreads a point over its
+        simplex). The result approximates the paper's Σ_{j≠i} as the lattice approximates Σ_j.
 
     Attributes
     ----------
@@ -488,9 +539,10 @@ class LatticeFilter:
     n_vertices : M
     """
 
-    def __init__(self, features, kernels=None):
+    def __init__(self, features, kernels=None, include_self=True):
         xp = backend.array_module(features)
         self.xp = xp
+        self.include_self = include_self
         self.kernels = kernels or ("cuda" if xp is not np else "numba")
         n, d = features.shape
         self.d = d
@@ -519,6 +571,17 @@ class LatticeFilter:
         self.ones = xp.ones(n, dtype=np.float32)
         self._work = {}
         self._views = {}
+        self.self_weight = None if include_self else self._self_weights(rank)
+
+    def _self_weights(self, rank):
+        """(N,) float32: the lattice's weight of each point on itself, (K_lat)_ii."""
+        out = self.xp.empty(self.offsets.shape[0], dtype=np.float32)
+        args = (self.offsets, self.weights, rank, self.neighbours, self.alpha, out)
+        if self.kernels == "numba":
+            _self_weight_cpu(*args)
+        else:
+            _self_weight_gpu[(out.shape[0] + THREADS - 1) // THREADS, THREADS](*args)
+        return out
 
     def _number_sorted(self, codes, span):
         """Number the vertices (CPU: in order of appearance; GPU: in the order of their codes)
@@ -579,7 +642,8 @@ class LatticeFilter:
         return self._work[c]
 
     def apply(self, values, out, factor=1.0, in_scale=None, out_scale=None, accumulate=True):
-        """``out (+)= factor · out_scale ⊙ K(in_scale ⊙ values)``, all C channels at once.
+        """``out (+)= factor · out_scale ⊙ K(in_scale ⊙ values)``, all C channels at once
+        (K without its diagonal when ``include_self`` is False).
 
         Parameters
         ----------
@@ -609,6 +673,8 @@ class LatticeFilter:
                 src, dst = dst, src
             _slice_gpu[_grid2(n, c)](v(src), v(self.offsets), v(self.weights), self.alpha, v(out_scale), factor,
                                      v(out), accumulate)
+        if not self.include_self:
+            out -= (factor * out_scale * self.self_weight * in_scale)[:, None] * values
         return out
 
     def _view(self, x):

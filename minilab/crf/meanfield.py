@@ -20,7 +20,8 @@ Two choices the paper leaves implicit are explicit arguments:
   eq. 3).
 * ``include_self``: the paper sums over j ≠ i; the reference's filter includes j = i
   (k(f_i, f_i) = 1). With ``include_self=False`` the kernel matrix has a zero diagonal, in the
-  normaliser K1 as well.
+  normaliser K1 as well (on the lattice: its own diagonal, computed exactly; see
+  :class:`~minilab.crf.lattice.LatticeFilter`).
 """
 import math
 
@@ -82,16 +83,10 @@ class PairwiseTerm:
         xp = backend.array_module(features)
         self.weight = float(weight)
         self.normalization = normalization
-        if method == "lattice":
-            if not include_self:
-                raise ValueError("include_self=False needs method='naive': the lattice spreads a pixel's own "
-                                 "value over its simplex, so its self-contribution is not a constant to subtract")
-            self.filter = lattice.LatticeFilter(features)
-        else:
-            self.filter = naive.ExactFilter(features, include_self=include_self)
+        self.filter = METHODS[method](features, include_self=include_self)
         self.norm = None
         if normalization != "none":
-            k1 = self.filter(xp.ones((features.shape[0], 1), dtype=np.float32))[:, 0]
+            k1 = xp.maximum(self.filter(xp.ones((features.shape[0], 1), dtype=np.float32))[:, 0], 0)
             power = 0.5 if normalization == "symmetric" else 1.0
             self.norm = (1.0 / (k1.astype(np.float64) + 1e-20) ** power).astype(np.float32)
 
@@ -250,6 +245,8 @@ def dense_crf(image, probs, *, iterations=10, w1, sigma_alpha, sigma_beta, w2=3.
     include_self : bool, default True
         Whether a pixel's own label counts in its message (j = i). The paper's sum excludes
         it; every reference implementation includes it, and its tuned weights assume that.
+        Both methods support False; the lattice is then less close to the exact filter
+        where pixels have few neighbours in feature space (docs: "How far the lattice is").
     device : ``"cpu"``, ``"gpu"`` or ``"auto"``; inputs are moved there and Q is returned
         there.
 

@@ -302,7 +302,7 @@ def add_train(subparsers):
             "continue later with --resume: the result is the same as one uninterrupted run."),
         epilog=("examples:\n  minilab train --data synthetic --iterations 1500 --checkpoint shapes.npz\n"
                 "  minilab train --data digits --batch-size 4 --iterations 12000 --val-every 1000 "
-                "--checkpoint digits.npz --curve digits.png   (about 10 min, docs/digits.md)\n"
+                "--checkpoint digits.npz --curve digits.png   (about 9 min, docs/digits.md)\n"
                 "  minilab train --data folder --images imgs/ --masks masks/ --num-classes 3 --model demo "
                 "--crop-size 161 --checkpoint mine.npz"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -328,7 +328,8 @@ def add_train(subparsers):
     p.add_argument("--val-every", type=int, default=0, help="validate every N iterations (0: never)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="save every N iterations (default 100)")
     p.add_argument("--curve", metavar="FILE.png",
-                   help="also draw the training loss, learning rate and validation mean IoU (--val-every) into FILE.png")
+                   help="also draw the training loss, learning rate and validation mean IoU (--val-every) "
+                        "into FILE.png")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="cpu")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the Numba kernels (default 1)")

@@ -130,6 +130,8 @@ def training_curves(history, path=None, title=None):
     if len(runs) == 1 and len(val or ()) > 1 and all("seconds" in v for v in val):
         it = [0] + [v["iteration"] for v in val]
         minutes = [0] + [v["seconds"] / 60 for v in val]
+        it.append(10 * it[-1])  # beyond the last validation: the average pace
+        minutes.append(10 * minutes[-1])
         top = ax_val.secondary_xaxis("top", functions=(lambda i: np.interp(i, it, minutes),
                                                        lambda m: np.interp(m, minutes, it)))
         top.set_xlabel("minutes of training", fontsize=8)

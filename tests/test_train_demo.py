@@ -60,7 +60,8 @@ def test_train_and_eval_on_digit_scenes(tmp_path, capsys):
     assert "saved" in out and "validation mIoU at iteration 4: 0." in out
     assert (tmp_path / "curve.png").stat().st_size > 0
     meta = json.loads(str(np.load(tmp_path / "d.npz")["meta"]))
-    assert meta["config"]["crop_size"] == 33 and meta["config"]["scale_range"] is None  # whole scenes
+    config = meta["config"]
+    assert config["crop_size"] == 33 and config["scale_range"] is None and config["flip"] is False  # whole scenes
     assert [v["iteration"] for v in meta["history"]["val"]] == [2, 4]
     assert 0 < meta["history"]["val"][0]["seconds"] <= meta["history"]["val"][1]["seconds"] <= meta["train_seconds"]
     assert len(meta["history"]["val"][1]["class_iou"]) == 11

@@ -13,7 +13,7 @@ Why digits of 32-64 pixels on 129×129 scenes: DeepLab scores pixels on a stride
 upsamples the scores bilinearly. A stroke is about a quarter of a digit's side, so a digit
 of 20 pixels has strokes 5 pixels wide, narrower than one score cell; even the best
 stride-8 score map (the labels' own class fractions on the grid, upsampled) then scores
-only about 0.66 mean IoU at 20-44 pixels, against about 0.79 at 32-64.
+only about 0.66 mean IoU at 20-44 pixels, against about 0.81 at 32-64.
 
 Digits are split by index so held-out scenes (``split="val"``) show digits (writers'
 samples) never seen in training: every fifth digit is held out.

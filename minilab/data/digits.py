@@ -15,8 +15,10 @@ of 20 pixels has strokes 5 pixels wide, narrower than one score cell; even the b
 stride-8 score map (the labels' own class fractions on the grid, upsampled) then scores
 only about 0.66 mean IoU at 20-44 pixels, against about 0.81 at 32-64.
 
-Digits are split by index so held-out scenes (``split="val"``) show digits (writers'
-samples) never seen in training: every fifth digit is held out.
+Digits are split by index so held-out scenes (``split="val"``) show digit samples never
+seen in training: every fifth digit is held out. (``load_digits`` is the test part of the
+UCI set, written by 13 people and not labelled by writer, so the same hands appear in both
+splits.)
 """
 import numpy as np
 from PIL import Image

@@ -252,6 +252,10 @@ def run_demo(args):
     print(f"mIoU after CRF: {report['miou_after_crf']:.4f}")
 
 
+#: Digit scenes' default side: 8·16 + 1 pixels, room for a few digits of 32-64 pixels (minilab.data.digits).
+DIGITS_SIZE = 129
+
+
 def _add_data_args(p, train=True):
     p.add_argument("--data", choices=["synthetic", "digits", "voc", "folder"], default="synthetic", help=DATA_HELP)
     p.add_argument("--root", metavar="DIR", help="voc: the folder holding JPEGImages/, SegmentationClass/, ImageSets/")
@@ -261,7 +265,8 @@ def _add_data_args(p, train=True):
     p.add_argument("--masks", metavar="DIR",
                    help="folder: one PNG per image, same name, pixel value = class id 0..C-1, 255 = unlabelled")
     p.add_argument("--num-classes", type=int, help="folder: the number of classes C (background included)")
-    p.add_argument("--size", type=int, default=None, help="synthetic/digits: scene side in pixels")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"synthetic/digits: scene side in pixels (default 81 / {DIGITS_SIZE})")
     p.add_argument("--scenes", type=int, default=None, help="synthetic/digits: number of scenes (evaluation)")
 
 
@@ -272,7 +277,7 @@ def _dataset(args, split):
         seed = 0 if split == "train" else 10**6
         return data.SyntheticScenes(args.scenes or (10**6 if split == "train" else 100), args.size or 81, seed=seed)
     if args.data == "digits":
-        return data.DigitScenes(args.scenes or (10**6 if split == "train" else 100), args.size or 97,
+        return data.DigitScenes(args.scenes or (10**6 if split == "train" else 100), args.size or DIGITS_SIZE,
                                 seed=0 if split == "train" else 10**6, split=split)
     if args.data == "voc":
         if not args.root:
@@ -292,9 +297,12 @@ def add_train(subparsers):
             "'poly' or 'step' policy) and save a checkpoint (.npz) that 'minilab eval' and 'minilab segment' "
             "read. Labels are PNGs whose pixel values are class ids 0..C-1 (0 usually background) and 255 for "
             "pixels to ignore; VOC's palette PNGs are exactly that. Training images are randomly scaled "
-            "(0.5-1.5), cropped to --crop-size (padding labelled 255) and flipped. Stop with Ctrl-C and "
+            "(0.5-1.5), cropped to --crop-size (padding labelled 255) and flipped (digit scenes: whole scenes, "
+            "neither scaled nor flipped). Stop with Ctrl-C and "
             "continue later with --resume: the result is the same as one uninterrupted run."),
         epilog=("examples:\n  minilab train --data synthetic --iterations 1500 --checkpoint shapes.npz\n"
+                "  minilab train --data digits --batch-size 4 --iterations 12000 --val-every 1000 "
+                "--checkpoint digits.npz --curve digits.png   (about 9 min, docs/digits.md)\n"
                 "  minilab train --data folder --images imgs/ --masks masks/ --num-classes 3 --model demo "
                 "--crop-size 161 --checkpoint mine.npz"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -305,13 +313,23 @@ def add_train(subparsers):
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     p.add_argument("--iterations", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--crop-size", type=int, default=81, help="side of the training crops; 8k+1 is best (default 81)")
+    p.add_argument("--crop-size", type=int, default=None,
+                   help="side of the training crops; 8k+1 is best (default: whole scenes for synthetic/digits, 81 "
+                        "otherwise)")
     p.add_argument("--lr", type=float, default=0.01, help="base learning rate (default 0.01)")
     p.add_argument("--policy", choices=["poly", "step"], default="poly")
     p.add_argument("--step-size", type=int, default=2000, help="step policy: iterations between x0.1 drops")
-    p.add_argument("--no-scale", action="store_true", help="turn off random scaling")
+    p.add_argument("--scale", action=argparse.BooleanOptionalAction, default=None,
+                   help="random scaling 0.5-1.5 (default: on, except for digits, whose scenes already hold "
+                        "digits of several sizes and whose smallest digits would fall below the stride-8 "
+                        "score map's resolution)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips (default: on, except for digits: a mirrored 2 is no digit)")
     p.add_argument("--val-every", type=int, default=0, help="validate every N iterations (0: never)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="save every N iterations (default 100)")
+    p.add_argument("--curve", metavar="FILE.png",
+                   help="also draw the training loss, learning rate and validation mean IoU (--val-every) "
+                        "into FILE.png")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="cpu")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the Numba kernels (default 1)")
@@ -332,9 +350,12 @@ def run_train(args):
         builder, kwargs = nn.PRESETS[args.model]
         spec = model_spec(builder.__name__, c, seed=args.seed, **kwargs)
     generated = args.data in ("synthetic", "digits")
-    config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, crop_size=args.crop_size,
+    crop_size = args.crop_size or (train_set.size if generated else 81)
+    scale = args.scale if args.scale is not None else args.data != "digits"
+    flip = args.flip if args.flip is not None else args.data != "digits"
+    config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, crop_size=crop_size,
                          base_lr=args.lr, policy=args.policy, step_size=args.step_size,
-                         scale_range=None if args.no_scale else (0.5, 1.5), val_every=args.val_every,
+                         scale_range=(0.5, 1.5) if scale else None, flip=flip, val_every=args.val_every,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
                          **(dict(mean=(128.0, 128.0, 128.0), input_scale=1 / 64) if generated else {}))
     val_set = _dataset(args, "val") if args.val_every and generated else None
@@ -344,8 +365,13 @@ def run_train(args):
         trainer.load(args.checkpoint)
         print(f"resumed from {args.checkpoint} at iteration {trainer.iteration}", file=sys.stderr)
     history = trainer.fit()
-    print(f"saved {args.checkpoint} at iteration {trainer.iteration}; mean loss of the last 50 iterations "
-          f"{np.mean(history['loss'][-50:]):.4f}")
+    if args.curve:
+        from .viz import training_curves
+        training_curves(history, args.curve, title=f"minilab train --data {args.data}")
+    print(f"saved {args.checkpoint} at iteration {trainer.iteration} after {trainer.train_seconds:.0f} s of "
+          f"training; mean loss of the last 50 iterations {np.mean(history['loss'][-50:]):.4f}")
+    if history["val"]:
+        print(f"validation mIoU at iteration {history['val'][-1]['iteration']}: {history['val'][-1]['miou']:.4f}")
 
 
 def _crf_params(args):

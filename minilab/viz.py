@@ -97,8 +97,10 @@ def training_curves(history, path=None, title=None):
     """The training loss (and its running mean), the learning rate, and validation mean IoU.
 
     ``history`` is a trainer's history: lists ``iteration``, ``loss``, ``lr`` and ``val`` (a
-    list of dicts with ``iteration``, ``miou`` and maybe ``miou_crf``). Several histories
-    can be compared by passing a dict ``{name: history}`` (Table 2's poly against step).
+    list of dicts with ``iteration``, ``miou`` and maybe ``miou_crf`` and ``seconds``).
+    Several histories can be compared by passing a dict ``{name: history}`` (Table 2's poly
+    against step). With one history whose validations carry ``seconds`` (training time),
+    the validation panel gets a second axis in minutes of training on top.
 
     Returns
     -------
@@ -124,6 +126,15 @@ def training_curves(history, path=None, title=None):
     ax_loss.set(xlabel="iteration", ylabel="cross-entropy", title="training loss", yscale="log")
     ax_lr.set(xlabel="iteration", ylabel="base learning rate", title="learning rate")
     ax_val.set(xlabel="iteration", ylabel="mean IoU", title="validation")
+    val = next(iter(runs.values())).get("val")
+    if len(runs) == 1 and len(val or ()) > 1 and all("seconds" in v for v in val):
+        it = [0] + [v["iteration"] for v in val]
+        minutes = [0] + [v["seconds"] / 60 for v in val]
+        it.append(10 * it[-1])  # beyond the last validation: the average pace
+        minutes.append(10 * minutes[-1])
+        top = ax_val.secondary_xaxis("top", functions=(lambda i: np.interp(i, it, minutes),
+                                                       lambda m: np.interp(m, minutes, it)))
+        top.set_xlabel("minutes of training", fontsize=8)
     for ax in (ax_loss, ax_val) + ((ax_lr,) if len(runs) > 1 else ()):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)

@@ -121,14 +121,70 @@ def test_synthetic_scenes_are_reproducible_and_varied():
 
 def test_digit_scenes():
     pytest.importorskip("sklearn")
-    train = data.DigitScenes(10, 64, split="train")
-    val = data.DigitScenes(10, 64, split="val")
-    assert len(train.digits) + len(val.digits) == 1797
+    train = data.DigitScenes(10, 65, split="train", scale_range=(16, 32))
+    val = data.DigitScenes(10, 65, split="val", scale_range=(16, 32))
+    assert len(train.digits) + len(val.digits) == 1797 and len(val.digits) == 360
     image, labels = train[0]
-    assert image.shape == (64, 64, 3) and labels.max() <= 10 and labels.max() > 0
-    assert np.array_equal(train[3][1], data.DigitScenes(10, 64, split="train")[3][1])
+    assert image.shape == (65, 65, 3) and image.dtype == np.uint8
+    assert labels.shape == (65, 65) and labels.dtype == np.uint8
+    assert set(np.unique(np.stack([train[i][1] for i in range(10)]))) <= set(range(11))
+    assert all(train[i][1].max() > 0 for i in range(10))  # every scene holds a digit
+    # determinism by seed: the same (seed, index) gives the same scene; another seed another
+    again = data.DigitScenes(10, 65, split="train", scale_range=(16, 32))
+    assert np.array_equal(train[3][0], again[3][0]) and np.array_equal(train[3][1], again[3][1])
+    assert not np.array_equal(train[3][0], data.DigitScenes(10, 65, seed=1, scale_range=(16, 32))[3][0])
     with pytest.raises(ValueError, match="split"):
         data.DigitScenes(3, split="test")
+    with pytest.raises(ValueError, match="scale_range"):
+        data.DigitScenes(3, 33, scale_range=(16, 40))
+    with pytest.raises(IndexError):
+        train[10]
+
+
+def test_digit_labels_follow_the_ink():
+    pytest.importorskip("sklearn")
+    from minilab.data.digits import INK_THRESHOLD, digit_ink, load_digit_images, paste_digit
+    digits, targets = load_digit_images()
+    ink = digit_ink(digits[3], 24)  # digits[3] is a handwritten 3
+    assert targets[3] == 3 and ink.shape == (24, 24) and 0 <= ink.min() and ink.max() <= 1
+    # bilinear upscaling keeps the digit in place: block means of the ink follow the 8×8 scan
+    assert np.corrcoef(ink.reshape(8, 3, 8, 3).mean(axis=(1, 3)).ravel(), digits[3].ravel())[0, 1] > 0.95
+    image, labels = np.full((40, 50, 3), 100.0), np.zeros((40, 50), np.uint8)
+    paste_digit(image, labels, ink, 5, 17, (250, 0, 0), targets[3] + 1)
+    expected = np.zeros((40, 50), np.uint8)
+    expected[5:29, 17:41][ink > INK_THRESHOLD] = 4  # class id of digit 3
+    assert np.array_equal(labels, expected) and 0.15 < (labels == 4).mean() * 2000 / 576 < 0.7
+    assert np.allclose(image[5:29, 17:41, 0], 100 + 150 * ink)  # ink blended into the window
+    outside = np.ones((40, 50), bool)
+    outside[5:29, 17:41] = False
+    assert np.all(image[outside] == 100)
+
+
+def test_digits_do_not_overlap(monkeypatch):
+    from minilab.data import digits
+
+    boxes = []
+    paste = digits.paste_digit
+
+    def recording_paste(image, labels, ink, y, x, colour, label):
+        boxes.append((y, x, ink.shape[0]))
+        paste(image, labels, ink, y, x, colour, label)
+
+    monkeypatch.setattr(digits, "paste_digit", recording_paste)
+    pool, targets = np.ones((10, 8, 8)), np.arange(10)  # solid squares: a placed digit fills its box
+    placed = 0
+    for seed in range(30):
+        boxes.clear()
+        _, labels = digits.make_digit_scene(np.random.default_rng(seed), pool, targets, 65, (8, 24), max_digits=4)
+        assert 1 <= len(boxes) <= 4
+        placed += len(boxes)
+        for i, (y, x, h) in enumerate(boxes):
+            assert 8 <= h <= 24 and 0 <= y <= 65 - h and 0 <= x <= 65 - h
+            assert (labels[y:y + h, x:x + h] > 0).all()
+            for b, a, s in boxes[:i]:
+                assert y + h <= b or b + s <= y or x + h <= a or a + s <= x
+        assert (labels > 0).sum() == sum(h * h for _, _, h in boxes)
+    assert placed > 60  # crowded scenes drop a digit now and then, not usually
 
 
 def test_digit_scenes_without_scikit_learn(monkeypatch):

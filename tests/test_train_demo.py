@@ -51,6 +51,25 @@ def test_train_command_resumes(tmp_path, capsys):
                               np.load(tmp_path / "c.npz")["model/head.branches.0.fc8.weight"])
 
 
+def test_train_and_eval_on_digit_scenes(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    common = ["--data", "digits", "--size", "33", "--scenes", "2"]
+    cli.main(["train", *common, "--batch-size", "2", "--iterations", "4", "--no-scale", "--val-every", "2",
+              "--checkpoint", str(tmp_path / "d.npz"), "--curve", str(tmp_path / "curve.png")])
+    out = capsys.readouterr().out
+    assert "saved" in out and "validation mIoU at iteration 4: 0." in out
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    meta = json.loads(str(np.load(tmp_path / "d.npz")["meta"]))
+    config = meta["config"]
+    assert config["crop_size"] == 33 and config["scale_range"] is None and config["flip"] is False  # whole scenes
+    assert [v["iteration"] for v in meta["history"]["val"]] == [2, 4]
+    assert 0 < meta["history"]["val"][0]["seconds"] <= meta["history"]["val"][1]["seconds"] <= meta["train_seconds"]
+    assert len(meta["history"]["val"][1]["class_iou"]) == 11
+    cli.main(["eval", "--checkpoint", str(tmp_path / "d.npz"), *common, "--json", str(tmp_path / "e.json")])
+    assert "before CRF: mIoU" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "e.json").read_text())["class_iou"]) == 11
+
+
 def test_cli_errors_are_messages(tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["segment", str(tmp_path / "none.png"), "--checkpoint", str(tmp_path / "none.npz"), "-o", "x.png"])

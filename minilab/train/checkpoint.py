@@ -7,7 +7,8 @@ Layout (all plain arrays, readable with ``numpy.load(path)`` and no pickle):
 * ``meta``: a JSON string with ``format``, ``version``, ``iteration`` (updates done),
   ``config`` (the training settings), ``model_spec`` (how to rebuild the model), ``rng``
   (the state of the data-sampling generator, so the next batch is the one an uninterrupted
-  run would draw) and ``history`` (loss, learning rate and validation scores so far).
+  run would draw), ``history`` (loss, learning rate and validation scores so far) and
+  ``train_seconds`` (time spent in training steps).
 
 Files are written atomically: to a temporary file in the same folder, flushed to disk, then
 renamed over the target, so a crash mid-write leaves the previous checkpoint intact.

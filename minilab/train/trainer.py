@@ -14,6 +14,7 @@ it produces, on the CPU, bit-for-bit the weights an uninterrupted run would.
 import contextlib
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,7 @@ class Trainer:
                              momentum=config.momentum, weight_decay=config.weight_decay)
         self.rng = np.random.default_rng(config.seed)
         self.iteration = 0
+        self.train_seconds = 0.0  # wall-clock time spent in train_step, validation excluded
         self.history = {"iteration": [], "loss": [], "lr": [], "val": []}
 
     def lr(self):
@@ -227,12 +229,16 @@ class Trainer:
             "finite images).")
 
     def validate(self):
-        """Evaluate on ``val_set`` (before and, with ``crf``, after the CRF); appended to the history."""
+        """Evaluate on ``val_set`` (before and, with ``crf``, after the CRF); appended to the history.
+
+        The history entry holds ``iteration``, ``seconds`` (training time so far) and the
+        ``miou*`` and ``class_iou*`` scores.
+        """
         c = self.config
         result = evaluate(self.model, self.val_set, self.num_classes, crf=self.crf,
                           mean=c.mean, input_scale=c.input_scale)
-        self.history["val"].append({"iteration": self.iteration, **{k: result[k] for k in result
-                                                                      if k.startswith("miou")}})
+        self.history["val"].append({"iteration": self.iteration, "seconds": self.train_seconds,
+                                    **{k: result[k] for k in result if k.startswith(("miou", "class_iou"))}})
         return result
 
     def fit(self, until=None):
@@ -248,7 +254,9 @@ class Trainer:
                    dynamic_ncols=True, leave=False)
         try:
             while self.iteration < until:
+                start = time.perf_counter()
                 loss = self.train_step()
+                self.train_seconds += time.perf_counter() - start
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.history['lr'][-1]:.2e}")
                 if c.val_every and self.val_set is not None and self.iteration % c.val_every == 0:
@@ -263,7 +271,8 @@ class Trainer:
 
     def save(self, path):
         """Write a checkpoint (atomically) to ``path``."""
-        meta = {"iteration": self.iteration, "config": dataclasses.asdict(self.config),
+        meta = {"iteration": self.iteration, "train_seconds": self.train_seconds,
+                "config": dataclasses.asdict(self.config),
                 "num_classes": self.num_classes, "model_spec": self.model_spec,
                 "rng": self.rng.bit_generator.state, "history": self.history,
                 "module_rngs": {k: g.bit_generator.state for k, g in module_generators(self.model).items()}}
@@ -286,6 +295,7 @@ class Trainer:
             self.model.to("gpu")
         self.optimizer.load_state_dict(optim_state)
         self.iteration = int(meta["iteration"])
+        self.train_seconds = float(meta.get("train_seconds", 0.0))
         self.rng.bit_generator.state = meta["rng"]
         generators = module_generators(self.model)
         for name, state in meta.get("module_rngs", {}).items():

@@ -21,9 +21,9 @@ vertices × C contiguous. The arithmetic follows the reference C++ code (Krähen
 Vertex numbering works on codes on both devices: each vertex key becomes one int64 code; the
 CPU numbers the codes in order of first appearance (a hash table), the GPU by sorting them;
 the blur neighbours are found by code arithmetic on the sorted codes (a linear merge on the
-CPU, ``searchsorted`` on the GPU). Lattices
-too wide for 64-bit codes fall back, on the CPU, to an open-addressing hash table (the
-reference's approach); tests check that both give the same lattice.
+CPU, ``searchsorted`` on the GPU). Lattices too wide for 64-bit codes fall back, on the CPU,
+to an open-addressing hash table (the reference's approach); tests check that both give the
+same lattice.
 
 The per-point and per-vertex bodies below are plain Python functions compiled twice, by
 ``njit`` for the CPU kernels and by ``cuda.jit(device=True)`` for their CUDA twins, so both

@@ -39,7 +39,7 @@ class ASPPBranch(Sequential):
     children = Module.children
 
     def __init__(self, in_channels, num_classes, rate, hidden=1024, *, kernel_size=3, dropout=0.5,
-                 method="shifted", rng=None, dtype=np.float32):
+                 method="auto", rng=None, dtype=np.float32):
         Module.__init__(self)
         rng = make_rng(rng)
         rate = validate.integer("rate", rate, 1)
@@ -86,7 +86,7 @@ class ASPP(Module):
     """
 
     def __init__(self, in_channels, num_classes, rates=ASPP_L, hidden=1024, *, kernel_size=3,
-                 dropout=0.5, method="shifted", rng=None, dtype=np.float32):
+                 dropout=0.5, method="auto", rng=None, dtype=np.float32):
         super().__init__()
         rng = make_rng(rng)
         if not (isinstance(rates, (tuple, list)) and rates):
@@ -113,7 +113,7 @@ class ASPP(Module):
         return max(b.receptive_field(rf, jump) for b in self.branches)
 
 
-def conv_bn_relu(in_channels, out_channels, kernel_size=1, *, rate=1, method="shifted", rng=None,
+def conv_bn_relu(in_channels, out_channels, kernel_size=1, *, rate=1, method="auto", rng=None,
                  dtype=np.float32):
     """Conv2d (no bias, "same" padding at stride 1) → BatchNorm2d → ReLU: DeepLab-v3's unit."""
     return Sequential(Conv2d(in_channels, out_channels, kernel_size, rate=rate, padding=rate * (kernel_size - 1) // 2,
@@ -133,7 +133,7 @@ class ImagePooling(Module):
     ``unit.0.weight``, ``unit.1.weight``, ...
     """
 
-    def __init__(self, in_channels, out_channels, *, method="shifted", rng=None, dtype=np.float32):
+    def __init__(self, in_channels, out_channels, *, method="auto", rng=None, dtype=np.float32):
         super().__init__()
         self.unit = conv_bn_relu(in_channels, out_channels, method=method, rng=rng, dtype=dtype)
 
@@ -174,7 +174,7 @@ class ASPPv3(Module):
     method, rng, dtype : as for :class:`ASPP`
     """
 
-    def __init__(self, in_channels, num_classes, rates=ASPP_V3, width=256, *, dropout=0.1, method="shifted",
+    def __init__(self, in_channels, num_classes, rates=ASPP_V3, width=256, *, dropout=0.1, method="auto",
                  rng=None, dtype=np.float32):
         super().__init__()
         rng = make_rng(rng)

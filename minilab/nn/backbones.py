@@ -33,7 +33,7 @@ class VGG(Module):
     (e.g. 321 → 41).
     """
 
-    def __init__(self, channels=VGG16_CHANNELS, depth=VGG16_DEPTH, *, method="shifted",
+    def __init__(self, channels=VGG16_CHANNELS, depth=VGG16_DEPTH, *, method="auto",
                  rng=None, dtype=np.float32):
         super().__init__()
         rng = make_rng(rng)
@@ -57,7 +57,7 @@ class VGG(Module):
         return self.features.backward(dout)
 
 
-def vgg16_largefov(*, width=1.0, depth=VGG16_DEPTH, method="shifted", rng=None, dtype=np.float32):
+def vgg16_largefov(*, width=1.0, depth=VGG16_DEPTH, method="auto", rng=None, dtype=np.float32):
     """The VGG-16 backbone of DeepLab-LargeFOV (pool4/pool5 3×3 stride 1, conv5 rate 2).
 
     ``width`` scales every stage's channels (1.0 = VGG-16: 64, 128, 256, 512, 512);
@@ -80,7 +80,7 @@ class Bottleneck(Module):
     expansion = 4
 
     def __init__(self, in_channels, planes, *, stride=1, rate=1, frozen_bn=False,
-                 method="shifted", rng=None, dtype=np.float32):
+                 method="auto", rng=None, dtype=np.float32):
         super().__init__()
         out = planes * self.expansion
         conv = dict(bias=False, method=method, rng=rng, dtype=dtype)
@@ -139,7 +139,7 @@ class ResNet(Sequential):
     children = Module.children
 
     def __init__(self, blocks=(3, 4, 23, 3), *, width=64, output_stride=8, frozen_bn=False,
-                 method="shifted", rng=None, dtype=np.float32):
+                 method="auto", rng=None, dtype=np.float32):
         Module.__init__(self)
         rng = make_rng(rng)
         if len(blocks) != 4:
@@ -164,7 +164,7 @@ class ResNet(Sequential):
         self.out_channels = cin
 
 
-def resnet(blocks=(3, 4, 23, 3), *, width=64, output_stride=8, frozen_bn=False, method="shifted",
+def resnet(blocks=(3, 4, 23, 3), *, width=64, output_stride=8, frozen_bn=False, method="auto",
            rng=None, dtype=np.float32):
     """A DeepLab ResNet backbone: ``(3, 4, 23, 3)`` is ResNet-101, ``(3, 4, 6, 3)`` ResNet-50.
 

@@ -143,7 +143,7 @@ def upsample_to(scores, size):
 
 # -- builders and presets ---------------------------------------------------------------
 def deeplab_vgg16(num_classes=21, *, rates=LARGE_FOV, hidden=1024, width=1.0, depth=(2, 2, 3, 3, 3),
-                  kernel_size=3, dropout=0.5, method="shifted", seed=0, dtype=np.float32):
+                  kernel_size=3, dropout=0.5, method="auto", seed=0, dtype=np.float32):
     """DeepLab on VGG-16 (LargeFOV by default: one fc6 3×3 branch at rate 12, 1024 wide).
 
     ``width``/``depth`` shrink the backbone (see
@@ -159,7 +159,7 @@ def deeplab_vgg16(num_classes=21, *, rates=LARGE_FOV, hidden=1024, width=1.0, de
 
 
 def deeplab_resnet(num_classes=21, *, blocks=(3, 4, 23, 3), width=64, output_stride=8,
-                   frozen_bn=False, rates=ASPP_L, hidden=1024, dropout=0.5, method="shifted",
+                   frozen_bn=False, rates=ASPP_L, hidden=1024, dropout=0.5, method="auto",
                    seed=0, dtype=np.float32):
     """DeepLab on a ResNet (ResNet-101 with ASPP-L by default: DeepLab-v2's best model).
 

@@ -34,7 +34,8 @@ class Conv2d(Module):
     ``y[n, o, i, j] = b[o] + sum_{c, u, v} x[n, c, s*i + r*u - p, s*j + r*v - p] * w[o, c, u, v]``
     with rate ``r`` (1 is an ordinary convolution), stride ``s`` and zero padding ``p``;
     the effective kernel is ``r*(k-1) + 1``. Computed by :func:`minilab.ops.atrous.
-    atrous_conv2d_forward` with any of ``atrous.METHODS``.
+    atrous_conv2d_forward` with any of ``atrous.METHODS``, by default the one
+    :func:`minilab.ops.atrous.auto_method` picks for the layer's shape.
 
     Shapes: x (N, C_in, H, W) → (N, C_out, H', W'), weight (C_out, C_in, k, k), bias (C_out,).
 
@@ -46,7 +47,7 @@ class Conv2d(Module):
         Zero padding; ``rate * (kernel_size - 1) // 2`` keeps the size at stride 1.
     bias : bool
     method : str
-        A key of ``minilab.ops.atrous.METHODS``.
+        A key of ``minilab.ops.atrous.METHODS``, or ``"auto"``.
     std : float, optional
         Weight standard deviation; default He/MSRA ``sqrt(2 / (in_channels * k * k))``.
     rng : numpy.random.Generator or int, optional
@@ -54,7 +55,7 @@ class Conv2d(Module):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, *, stride=1, padding=0, rate=1,
-                 bias=True, method="shifted", std=None, rng=None, dtype=np.float32):
+                 bias=True, method="auto", std=None, rng=None, dtype=np.float32):
         super().__init__()
         cin = validate.integer("in_channels", in_channels, 1)
         cout = validate.integer("out_channels", out_channels, 1)
@@ -62,7 +63,7 @@ class Conv2d(Module):
         self.stride = validate.integer("stride", stride, 1)
         self.rate = validate.integer("rate", rate, 1)
         self.padding = validate.pair("padding", padding)
-        self.method = validate.choice("method", method, atrous.METHODS)
+        self.method = validate.choice("method", method, ["auto", *atrous.METHODS])
         std = np.sqrt(2.0 / (cin * k * k)) if std is None else validate.positive("std", std)
         self.weight = Parameter((make_rng(rng).standard_normal((cout, cin, k, k)) * std).astype(dtype))
         self.bias = Parameter(np.zeros(cout, dtype)) if bias else None

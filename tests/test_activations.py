@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from minilab import backend
+from minilab import backend, validate
 from minilab.gradcheck import numerical_gradient, relative_error
 from minilab.ops.activations import (log_softmax_backward, log_softmax_forward, relu_backward,
                                      relu_forward, softmax_backward, softmax_forward)
@@ -19,6 +19,19 @@ def test_relu_values():
     np.testing.assert_array_equal(out, [[0, 0, 0, 0.5, 3]])
     assert out.dtype == np.float32 and not np.signbit(out).any()
     np.testing.assert_array_equal(relu_backward(np.ones_like(x), cache), [[0, 0, 0, 1, 1]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_backward_is_a_masked_copy_of_any_layout(dtype, rng):
+    x = rng.standard_normal((2, 3, 5, 4)).astype(dtype)
+    out, cache = relu_forward(x)
+    dout = rng.standard_normal((2, 4, 5, 3)).astype(dtype).transpose(0, 3, 2, 1)  # not contiguous
+    dx = relu_backward(dout, cache)
+    assert dx.dtype == dtype and dx.shape == x.shape
+    np.testing.assert_array_equal(dx, np.where(x > 0, dout, 0))
+    with validate.finite_scans_off():  # as inside a network, where dout is not scanned
+        dout = np.full(x.shape, np.inf, dtype)
+        np.testing.assert_array_equal(relu_backward(dout, cache), np.where(x > 0, np.inf, 0))
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 3, 4), (3, 7)])

@@ -29,7 +29,7 @@ if __name__ == "__main__" and "--threads" in sys.argv:  # must be set before Num
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import interleaved_ms, peak_mib, torch_plain_float32, write_results  # noqa: E402
+from benchmarks.common import cpu_kernels, interleaved_ms, peak_mib, torch_plain_float32, write_results  # noqa: E402
 from minilab import backend  # noqa: E402
 from minilab.ops.atrous import (METHODS, atrous_conv2d_backward,  # noqa: E402
                                 atrous_conv2d_forward, effective_kernel_size)
@@ -78,19 +78,6 @@ def torch_branches(torch, x, ws, rates):
         for w in wts:
             w.grad = None
     return fwd, fwd_bwd
-
-
-def openblas_core():
-    """The OpenBLAS kernel family NumPy runs (e.g. 'Haswell', 'SkylakeX'), or 'unknown'."""
-    try:
-        import ctypes
-        libs = Path(np.__file__).parent.parent / "numpy.libs"
-        lib = ctypes.CDLL(str(next(libs.glob("libscipy_openblas*.so*"))))
-        get = getattr(lib, "scipy_openblas_get_corename64_")
-        get.restype = ctypes.c_char_p
-        return get().decode()
-    except Exception:  # another BLAS, another packaging: not essential
-        return "unknown"
 
 
 def main():
@@ -170,16 +157,15 @@ def main():
         for s in skipped:
             print(f"  {name}: skipped {s}")
     threads = args.threads or os.cpu_count()
+    kernels, kernel_suffix = cpu_kernels(torch)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     notes = (("GPU: CuPy against torch's cuDNN in plain float32 (TF32 off). " if args.device == "gpu" else "")
-             + f"{threads} thread(s); OpenBLAS core type {openblas_core()}; load average at the end "
+             + f"{threads} thread(s); {kernels}; load average at the end "
              f"{load} (other jobs shared the machine: compare ratios, not times). float32, stride 1, padding = rate. Ratios are minilab time / torch time in the same "
              "run (below 1 = faster). Peak MiB: memory allocated during forward+backward "
              "(not measured for torch). 'direct' is skipped on every shape (a loop reference); "
              f"'zeros' is skipped where its upsampled-filter im2col would exceed {ZEROS_LIMIT / 2**30:.0f} GiB.")
-    suffix = f"_{args.threads}thread" if args.threads else ""
-    if os.environ.get("OPENBLAS_CORETYPE"):
-        suffix += "_" + os.environ["OPENBLAS_CORETYPE"].lower()
+    suffix = (f"_{args.threads}thread" if args.threads else "") + (kernel_suffix if args.device == "cpu" else "")
     write_results(f"bench_atrous_{args.device}{suffix}", rows, notes)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import interleaved_ms, torch_plain_float32, write_results  # noqa: E402
+from common import cpu_kernels, interleaved_ms, torch_plain_float32, write_results  # noqa: E402
 from minilab import backend, nn  # noqa: E402
 from minilab.ops import interp  # noqa: E402
 
@@ -93,10 +93,11 @@ def main():
     rows.append({"case": "bilinear x8, 1x21x65x65 -> 513x513 (align_corners=True)",
                  "minilab ms": t["ours"], "torch ms": t["torch"], "ratio": t["ours"] / t["torch"]})
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    write_results(f"bench_model_{device}", rows, notes=(
+    kernels, suffix = cpu_kernels(torch) if device == "cpu" else ("", "")
+    write_results(f"bench_model_{device}{suffix}", rows, notes=(
         f"float32, batch 1, training mode (batch statistics, dropout 0.5); median of {args.repeat} "
         f"interleaved runs; torch {torch.__version__} with {torch.get_num_threads()} threads"
-        f"{' (GPU: cuDNN and cuBLAS in plain float32, TF32 off)' if device == 'gpu' else ''}; "
+        f"{' (GPU: cuDNN and cuBLAS in plain float32, TF32 off)' if device == 'gpu' else '; ' + kernels}; "
         f"load average at the end {load}; ratio = minilab / torch (lower is better)."))
 
 

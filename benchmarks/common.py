@@ -33,6 +33,40 @@ def machine():
     return text
 
 
+def openblas_core():
+    """The OpenBLAS kernel family NumPy runs (e.g. 'Haswell', 'SkylakeX'), or 'unknown'."""
+    try:
+        import ctypes
+        libs = Path(np.__file__).parent.parent / "numpy.libs"
+        lib = ctypes.CDLL(str(next(libs.glob("libscipy_openblas*.so*"))))
+        get = getattr(lib, "scipy_openblas_get_corename64_")
+        get.restype = ctypes.c_char_p
+        return get().decode()
+    except Exception:  # another BLAS, another packaging: not essential
+        return "unknown"
+
+
+def cpu_kernels(torch=None):
+    """(sentence, file-name suffix) naming the instruction sets each side's CPU kernels use.
+
+    NumPy's OpenBLAS picks its kernels from the CPU unless ``OPENBLAS_CORETYPE`` forces a
+    family; torch's oneDNN convolutions use the CPU's best unless ``ONEDNN_MAX_CPU_ISA``
+    caps them, and its own vector code follows ``ATEN_CPU_CAPABILITY``. Both variables must
+    be set before the process starts. On an AVX-512 CPU with ``OPENBLAS_CORETYPE=Haswell``
+    the GEMMs of minilab run AVX2 code while torch's run AVX-512: set the torch variables
+    too (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``) to compare like with like.
+    """
+    text = f"OpenBLAS kernels {openblas_core()}"
+    suffix = "_" + os.environ["OPENBLAS_CORETYPE"].lower() if os.environ.get("OPENBLAS_CORETYPE") else ""
+    if torch is not None:
+        capability = torch.backends.cpu.get_cpu_capability()
+        onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+        text += f"; torch vector code {capability}, oneDNN ISA {onednn or 'the CPU best'}"
+        if onednn:
+            suffix += "_torch" + onednn.lower()
+    return text, suffix
+
+
 def torch_plain_float32(torch):
     """Turn off TF32 in torch's cuDNN and cuBLAS calls, so the GPU reference computes in the
     same IEEE float32 as minilab (TF32 rounds operands to 10 mantissa bits and runs faster)."""

@@ -2,7 +2,10 @@
 
 Shapes from DeepLab (§3.1-3.2, §4): (a) LargeFOV fc6, (b) a rate-2 ResNet block, (c) a
 small-channel layer with a batch of 4 at rates 1 and 4, (d) ASPP-L's four branches (rates
-6, 12, 18, 24, summed). For each method: median ms of the forward and of forward+backward,
+6, 12, 18, 24, summed); and layers of the models at a 321×321 input, where ``method="auto"``
+(also timed) chooses between "sparse" and "shifted": (e) VGG's conv1_1 on the RGB image,
+(f) ResNet's 7×7 stride-2 stem, (g) VGG's conv2_1, (h) LargeFOV's fc6 on the 41×41 map.
+For each method: median ms of the forward and of forward+backward,
 GFLOP/s counted as useful work (2·N·F·C·kh·kw·Ho·Wo per pass, three passes for
 forward+backward whatever the method really computes), the ratio to torch measured in the
 same run (below 1 = faster than torch), and the peak memory allocated during
@@ -34,21 +37,26 @@ from minilab import backend  # noqa: E402
 from minilab.ops.atrous import (METHODS, atrous_conv2d_backward,  # noqa: E402
                                 atrous_conv2d_forward, effective_kernel_size)
 
-# name: (N, C, H, W, F, k, rates); padding = rate ("same" output), stride 1
+# name: (N, C, H, W, F, k, rates, stride); padding = rate·(k - 1)/2 ("same" output at stride 1)
 CASES = {
-    "a LargeFOV fc6 r12": (1, 512, 65, 65, 1024, 3, (12,)),
-    "b 256ch r2": (1, 256, 65, 65, 256, 3, (2,)),
-    "c 4x64ch r1": (4, 64, 64, 64, 64, 3, (1,)),
-    "c 4x64ch r4": (4, 64, 64, 64, 64, 3, (4,)),
-    "d ASPP-L r6-24": (1, 512, 33, 33, 21, 3, (6, 12, 18, 24)),
+    "a LargeFOV fc6 r12": (1, 512, 65, 65, 1024, 3, (12,), 1),
+    "b 256ch r2": (1, 256, 65, 65, 256, 3, (2,), 1),
+    "c 4x64ch r1": (4, 64, 64, 64, 64, 3, (1,), 1),
+    "c 4x64ch r4": (4, 64, 64, 64, 64, 3, (4,), 1),
+    "d ASPP-L r6-24": (1, 512, 33, 33, 21, 3, (6, 12, 18, 24), 1),
+    "e VGG conv1_1 3->64": (1, 3, 321, 321, 64, 3, (1,), 1),
+    "f ResNet stem 7x7 s2": (1, 3, 321, 321, 64, 7, (1,), 2),
+    "g VGG conv2_1 64->128": (1, 64, 161, 161, 128, 3, (1,), 1),
+    "h LargeFOV fc6 41x41": (1, 512, 41, 41, 1024, 3, (12,), 1),
 }
 ZEROS_LIMIT = 2**30  # skip "zeros" when its im2col matrix alone would exceed 1 GiB
 
 
-def branches(x, ws, rates, method):
+def branches(x, ws, rates, stride, method):
     """Forward and forward+backward of a sum of atrous branches (one branch except in ASPP)."""
     def forward():
-        return [atrous_conv2d_forward(x, w, rate=r, padding=r, method=method) for w, r in zip(ws, rates)]
+        return [atrous_conv2d_forward(x, w, rate=r, stride=stride, padding=r * (w.shape[2] - 1) // 2, method=method)
+                for w, r in zip(ws, rates)]
 
     def fwd():
         out = forward()
@@ -62,17 +70,19 @@ def branches(x, ws, rates, method):
     return fwd, fwd_bwd
 
 
-def torch_branches(torch, x, ws, rates):
+def torch_branches(torch, x, ws, rates, stride):
     xt = torch.as_tensor(x).requires_grad_(True)
     wts = [torch.as_tensor(w).requires_grad_(True) for w in ws]
-    conv = torch.nn.functional.conv2d
+
+    def conv(w, r):
+        return torch.nn.functional.conv2d(xt, w, stride=stride, padding=r * (w.shape[2] - 1) // 2, dilation=r)
 
     def fwd():
         with torch.no_grad():
-            return sum(conv(xt, w, padding=r, dilation=r) for w, r in zip(wts, rates))
+            return sum(conv(w, r) for w, r in zip(wts, rates))
 
     def fwd_bwd():
-        y = sum(conv(xt, w, padding=r, dilation=r) for w, r in zip(wts, rates))
+        y = sum(conv(w, r) for w, r in zip(wts, rates))
         y.backward(torch.ones_like(y))
         xt.grad = None
         for w in wts:
@@ -118,27 +128,31 @@ def main():
     rng = np.random.default_rng(0)
     rows = []
     for name in args.cases:
-        n, c, h, w_, f, k, rates = CASES[name]
+        n, c, h, w_, f, k, rates, stride = CASES[name]
         x = to_array(rng.standard_normal((n, c, h, w_)).astype(np.float32))
         ws = [to_array((rng.standard_normal((f, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32))
               for _ in rates]
-        gflop = 2 * n * f * c * k * k * h * w_ * len(rates) / 1e9
+        ho, wo = (h - 1) // stride + 1, (w_ - 1) // stride + 1
+        gflop = 2 * n * f * c * k * k * ho * wo * len(rates) / 1e9
         fwds, fbs, skipped = {}, {}, []
-        for method in METHODS:
+        for method in ["auto", *METHODS]:
             ke = max(effective_kernel_size(k, r) for r in rates)
             if method == "direct":
                 skipped.append("direct (loop reference, minutes at this size)")
                 continue
-            if method == "zeros" and c * ke * ke * n * h * w_ * 4 > ZEROS_LIMIT:
+            if method == "zeros" and c * ke * ke * n * ho * wo * 4 > ZEROS_LIMIT:
                 skipped.append(f"zeros (its {ke}×{ke} im2col would take "
-                               f"{c * ke * ke * n * h * w_ * 4 / 2**30:.1f} GiB)")
+                               f"{c * ke * ke * n * ho * wo * 4 / 2**30:.1f} GiB)")
                 continue
-            fwds[method], fbs[method] = branches(x, ws, rates, method)
+            if method == "deinterlace" and stride > 1:
+                skipped.append("deinterlace (stride 1 only)")
+                continue
+            fwds[method], fbs[method] = branches(x, ws, rates, stride, method)
         if torch is not None:
             ref = "cudnn" if args.device == "gpu" else "torch"
             tx = x if args.device == "cpu" else torch.as_tensor(x, device="cuda")
             tws = ws if args.device == "cpu" else [torch.as_tensor(w, device="cuda") for w in ws]
-            fwds[ref], fbs[ref] = torch_branches(torch, tx, tws, rates)
+            fwds[ref], fbs[ref] = torch_branches(torch, tx, tws, rates, stride)
         t_fwd = interleaved_ms(fwds, repeat=args.repeat, sync=sync)
         t_fb = interleaved_ms(fbs, repeat=args.repeat, sync=sync)
         ref_f = t_fwd.get("cudnn", t_fwd.get("torch"))
@@ -161,7 +175,7 @@ def main():
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     notes = (("GPU: CuPy against torch's cuDNN in plain float32 (TF32 off). " if args.device == "gpu" else "")
              + f"{threads} thread(s); {kernels}; load average at the end "
-             f"{load} (other jobs shared the machine: compare ratios, not times). float32, stride 1, padding = rate. Ratios are minilab time / torch time in the same "
+             f"{load} (other jobs shared the machine: compare ratios, not times). float32, padding = rate·(k - 1)/2. 'auto' runs 'sparse' on (e)-(g) and 'shifted' elsewhere. Ratios are minilab time / torch time in the same "
              "run (below 1 = faster). Peak MiB: memory allocated during forward+backward "
              "(not measured for torch). 'direct' is skipped on every shape (a loop reference); "
              f"'zeros' is skipped where its upsampled-filter im2col would exceed {ZEROS_LIMIT / 2**30:.0f} GiB.")

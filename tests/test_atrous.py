@@ -91,26 +91,28 @@ def test_rate_one_is_an_ordinary_convolution(rng):
     np.testing.assert_allclose(y[0, 0], signal.correlate2d(x[0, 0], w[0, 0], mode="valid"), rtol=1e-12)
 
 
-@pytest.mark.parametrize("c, f, stride, expected", [
-    (3, 64, 1, "sparse"),      # VGG's first layer on an RGB image
-    (3, 16, 2, "sparse"),      # ResNet's 7×7 stem
-    (32, 32, 2, "sparse"),     # a strided 3×3 inside a bottleneck
-    (256, 512, 2, "sparse"),   # a strided 1×1 shortcut
-    (16, 64, 1, "sparse"),
-    (64, 128, 1, "shifted"),
-    (64, 64, 1, "shifted"),
-    (512, 1024, 1, "shifted"),  # LargeFOV's fc6
-    (512, 21, 1, "shifted"),    # ASPP's classifier branches
+@pytest.mark.parametrize("c, f, stride, rate, expected", [
+    (3, 64, 1, 1, "sparse"),      # VGG's first layer on an RGB image
+    (3, 16, 2, 1, "sparse"),      # ResNet's 7×7 stem
+    (32, 32, 2, 1, "sparse"),     # a strided 3×3 inside a bottleneck
+    (256, 512, 2, 1, "sparse"),   # a strided 1×1 shortcut
+    (64, 128, 1, 1, "sparse"),    # VGG's conv2_1
+    (64, 128, 1, 2, "shifted"),
+    (16, 64, 1, 4, "sparse"),
+    (64, 64, 1, 1, "shifted"),
+    (512, 1024, 1, 12, "shifted"),  # LargeFOV's fc6
+    (1024, 1024, 1, 1, "shifted"),  # fc7
+    (512, 21, 1, 6, "shifted"),     # ASPP's classifier branches
 ])
-def test_auto_method_takes_sparse_only_where_its_im2col_is_a_quarter_of_the_tap_products(c, f, stride, expected):
-    assert auto_method(c, f, stride) == expected
+def test_auto_method_takes_sparse_only_where_its_im2col_is_clearly_smaller(c, f, stride, rate, expected):
+    assert auto_method(c, f, stride, rate) == expected
 
 
 @pytest.mark.parametrize("c, f, stride", [(1, 4, 1), (4, 4, 1), (2, 2, 2)])
 def test_auto_runs_the_method_it_picks(c, f, stride, rng):
     x, w = rng.standard_normal((2, c, 9, 7)), rng.standard_normal((f, c, 3, 3))
     y, cache = atrous_conv2d_forward(x, w, rate=2, stride=stride, padding=1)
-    picked = auto_method(c, f, stride)
+    picked = auto_method(c, f, stride, 2)
     assert cache[0] == picked
     y_picked, cache_picked = atrous_conv2d_forward(x, w, rate=2, stride=stride, padding=1, method=picked)
     np.testing.assert_array_equal(y, y_picked)

@@ -97,20 +97,24 @@ def atrous_conv1d(x, w, rate):
     return y
 
 
-def auto_method(in_channels, out_channels, stride):
-    """The method ``method="auto"`` runs: ``"sparse"`` if 4·C <= F·stride², else ``"shifted"``.
+def auto_method(in_channels, out_channels, stride, rate):
+    """The method ``method="auto"`` runs: ``"sparse"`` if m·C <= F·stride², else ``"shifted"``,
+    with m = 2 at rate 1 and m = 4 at higher rates.
 
     Both do the same multiply-adds; what differs is the memory they stream. ``"sparse"``
     writes an im2col of C·k² rows by Ho·Wo output positions; ``"shifted"`` writes tap
     products of k²·F rows by the H·W input positions (Ho·Wo·stride²), then reads them back
-    to add them into the output. im2col is the smaller by F·stride²/C. The factor 4 leaves
-    ``"shifted"`` the cases where its larger, better-shaped GEMMs and its skipping of zero
-    padding outweigh that (C = F, and C = F/2 at stride 1, as in VGG's later layers and
-    ASPP). Measured forward+backward on 2 CPU cores: 3→64 channels at 321×321 takes 15 ms
-    ``"sparse"`` and 110 ms ``"shifted"``; 3→16 with a 7×7 filter at stride 2, 12 ms and
-    121 ms; 512→1024 at rate 12 on 41×41, 247 ms and 208 ms (docs/atrous.md).
+    to add them into the output, so the im2col is the smaller by F·stride²/C. The margin m
+    leaves ``"shifted"`` the layers where its larger GEMM outputs pay for themselves: C = F
+    (a GEMM per tap group beats the im2col copies), and at rates above 1 also C = F/2,
+    where the outer taps read mostly zero padding that ``"shifted"`` skips and
+    ``"sparse"`` copies and multiplies (LargeFOV's fc6). Forward+backward on 2 CPU cores
+    (``benchmarks/results/bench_atrous_cpu_haswell.md``), ms for sparse / shifted: VGG's
+    conv1_1 (3→64, 321×321) 18 / 110; ResNet's 7×7 stride-2 stem 17 / 499; VGG's conv2_1
+    (64→128, 161×161) 70 / 103; fc6 (512→1024, rate 12, 41×41) 238 / 195.
     """
-    return "sparse" if 4 * in_channels <= out_channels * stride ** 2 else "shifted"
+    margin = 2 if rate == 1 else 4
+    return "sparse" if margin * in_channels <= out_channels * stride ** 2 else "shifted"
 
 
 def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="auto"):
@@ -154,7 +158,7 @@ def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="
     ph, pw = validate.pair("padding", padding, minimum=0)
     validate.choice("method", method, ["auto", *METHODS])
     if method == "auto":
-        method = auto_method(x.shape[1], w.shape[0], stride)
+        method = auto_method(x.shape[1], w.shape[0], stride, rate)
     if method == "deinterlace" and stride != 1:
         raise ValueError(f"stride must be 1 for method='deinterlace' (sub-images are convolved "
                          f"densely), got stride={stride}; use method='sparse'")

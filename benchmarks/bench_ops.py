@@ -17,10 +17,11 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA
     os.environ[var] = str(THREADS)  # before NumPy, Numba and torch start their thread pools
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from common import interleaved_ms, write_results  # noqa: E402
 from minilab.ops import activations, interp, loss, norm, pool  # noqa: E402
+
+import torch  # noqa: E402  after minilab, whose import asks OpenMP for passive waiting (docs/atrous.md)
 
 F = torch.nn.functional
 

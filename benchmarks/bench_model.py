@@ -5,6 +5,13 @@ against its PyTorch twin (same weights, same modes) measured in the same run, in
     python benchmarks/bench_model.py                # CPU
     python benchmarks/bench_model.py --device gpu   # CuPy + a CUDA GPU
 
+The result file is named by the CPU kernels each side runs (``common.cpu_kernels``). On a
+CPU with AVX-512 whose environment holds OpenBLAS to AVX2 (``OPENBLAS_CORETYPE=Haswell``),
+compare like with like by capping torch too, or by freeing OpenBLAS:
+
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/bench_model.py
+    OPENBLAS_CORETYPE=SkylakeX python benchmarks/bench_model.py
+
 Targets (issue): whole-model forward+backward within 1.5× of the torch twin on the CPU
 (2× on a GPU); bilinear ×8 within 1.2× of ``torch.nn.functional.interpolate``.
 """

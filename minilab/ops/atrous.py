@@ -107,11 +107,12 @@ def auto_method(in_channels, out_channels, stride, rate):
     to add them into the output, so the im2col is the smaller by F·stride²/C. The margin m
     leaves ``"shifted"`` the layers where its larger GEMM outputs pay for themselves: C = F
     (a GEMM per tap group beats the im2col copies), and at rates above 1 also C = F/2,
-    where the outer taps read mostly zero padding that ``"shifted"`` skips and
-    ``"sparse"`` copies and multiplies (LargeFOV's fc6). Forward+backward on 2 CPU cores
-    (``benchmarks/results/bench_atrous_cpu_haswell.md``), ms for sparse / shifted: VGG's
-    conv1_1 (3→64, 321×321) 18 / 110; ResNet's 7×7 stride-2 stem 17 / 499; VGG's conv2_1
-    (64→128, 161×161) 70 / 103; fc6 (512→1024, rate 12, 41×41) 238 / 195.
+    where much of what the outer taps read is zero padding, which ``"shifted"`` skips and
+    ``"sparse"`` copies and multiplies (LargeFOV's fc6: about a third at rate 12 on a 41×41
+    map). Forward+backward on 2 CPU cores (``benchmarks/results/bench_atrous_cpu_haswell.md``),
+    ms for sparse / shifted: VGG's conv1_1 (3→64, 321×321) 20 / 116; ResNet's 7×7 stride-2
+    stem 19 / 491; VGG's conv2_1 (64→128, 161×161) 78 / 99; fc6 (512→1024, rate 12, 41×41)
+    240 / 194.
     """
     margin = 2 if rate == 1 else 4
     return "sparse" if margin * in_channels <= out_channels * stride ** 2 else "shifted"

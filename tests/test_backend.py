@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -79,3 +83,20 @@ def test_finite_scans_off_skips_only_the_scan():
         raise RuntimeError  # the scan comes back after an exception too
     with pytest.raises(ValueError, match="x contains NaN"):
         validate.float_array("x", bad)
+
+
+@pytest.mark.parametrize("code, user_policy, warns", [
+    ("import torch; import minilab", None, True),       # torch's libgomp read the default policy
+    ("import minilab; import torch", None, False),      # minilab asked for passive waiting in time
+    ("import torch; import minilab", "active", False),  # the user's choice is kept, nothing to say
+    ("import sklearn; import minilab", None, False),    # scikit-learn's OpenMP is its own copy
+])
+def test_import_warns_only_when_openmp_came_first_with_spinning_threads(code, user_policy, warns):
+    pytest.importorskip(code.split()[1].rstrip(";"))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_policy:
+        env["OMP_WAIT_POLICY"] = user_policy
+    run = subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ['OMP_WAIT_POLICY'])"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert ("RuntimeWarning" in run.stderr and "OMP_WAIT_POLICY=passive" in run.stderr) == warns, run.stderr
+    assert run.stdout.strip() == (user_policy or "passive")

@@ -124,8 +124,8 @@ def _normalize_point(p, q):
         row[k] = row[k] / total
 
 
-_subtract_max_point_cpu = njit(cache=True)(_subtract_max_point)
-_normalize_point_cpu = njit(cache=True)(_normalize_point)
+_subtract_max_point_cpu = njit(cache=True, inline="always")(_subtract_max_point)
+_normalize_point_cpu = njit(cache=True, inline="always")(_normalize_point)
 
 
 @njit(parallel=True, cache=True)

@@ -484,7 +484,8 @@ def _shifted_backward(dy, ctx):
 
 # ---- "direct": the formula as loops; Numba on the CPU, a CUDA twin on the GPU -------------
 # Each element function is compiled twice, by @njit and by @cuda.jit(device=True), so both
-# devices run exactly the same index arithmetic. Accumulation is in float64.
+# devices run exactly the same index arithmetic (the CPU twin inlined into its loop, as in
+# minilab/crf/lattice.py). Accumulation is in float64.
 
 def _out_element(xpad, w, n, f, i, j, rate, stride):
     """y[n, f, i, j] = sum_{c,u,v} xpad[n, c, stride*i + rate*u, stride*j + rate*v] * w[f, c, u, v]."""
@@ -522,9 +523,9 @@ def _dw_element(xpad, dy, c, f, u, v, rate, stride):
     return acc
 
 
-_out_element_cpu = njit(cache=True)(_out_element)
-_dx_element_cpu = njit(cache=True)(_dx_element)
-_dw_element_cpu = njit(cache=True)(_dw_element)
+_out_element_cpu = njit(cache=True, inline="always")(_out_element)
+_dx_element_cpu = njit(cache=True, inline="always")(_dx_element)
+_dw_element_cpu = njit(cache=True, inline="always")(_dw_element)
 
 
 def _unravel(t, shape):
@@ -536,7 +537,7 @@ def _unravel(t, shape):
     return t // shape[1], t % shape[1], c, d
 
 
-_unravel_cpu = njit(cache=True)(_unravel)
+_unravel_cpu = njit(cache=True, inline="always")(_unravel)
 
 
 @njit(parallel=True, cache=True)

@@ -183,8 +183,8 @@ def _lerp_row_backward(dout, r, frac, spans, dt):
         dt[r, k] = acc
 
 
-_lerp_row_cpu = njit(cache=True)(_lerp_row)
-_lerp_row_backward_cpu = njit(cache=True)(_lerp_row_backward)
+_lerp_row_cpu = njit(cache=True, inline="always")(_lerp_row)
+_lerp_row_backward_cpu = njit(cache=True, inline="always")(_lerp_row_backward)
 
 
 @njit(parallel=True, cache=True)

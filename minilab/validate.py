@@ -68,13 +68,19 @@ def integer(name, value, minimum=None):
     return int(value)
 
 
-def positive(name, value):
-    """Check that ``value`` is a finite real number > 0; returns it as a float."""
+def real(name, value, positive=False):
+    """Check that ``value`` is a finite real number (not a bool), and > 0 when ``positive``;
+    returns it as a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    if not np.isfinite(value) or (positive and value <= 0):
+        raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value}")
     return float(value)
+
+
+def positive(name, value):
+    """Check that ``value`` is a finite real number > 0; returns it as a float."""
+    return real(name, value, positive=True)
 
 
 def pair(name, value, minimum=0):

@@ -107,6 +107,9 @@ def test_softmax_needs_a_channel_axis():
         softmax_forward(np.zeros(3))
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         log_softmax_forward(np.zeros(3))
+    for forward in (softmax_forward, log_softmax_forward):  # nothing to normalise over
+        with pytest.raises(ValueError, match="at least one channel"):
+            forward(np.zeros((2, 0, 3)))
 
 
 @pytest.mark.gpu

@@ -186,6 +186,12 @@ GOOD = dict(w1=4.0, sigma_alpha=5.0, sigma_beta=5.0)
     (lambda im, p, kw: (im, p, {**kw, "iterations": -1}), ValueError, "iterations"),
     (lambda im, p, kw: (im, p, {**kw, "iterations": 2.5}), TypeError, "iterations"),
     (lambda im, p, kw: (im, p, {**kw, "w1": float("inf")}), ValueError, "w1"),
+    (lambda im, p, kw: (im, p, {**kw, "w2": "3"}), TypeError, "w2 must be a real number"),
+    (lambda im, p, kw: (im[:0], p[:, :0], kw), ValueError, "at least one pixel"),
+    (lambda im, p, kw: (im, p[:, :, :0], kw), ValueError, "at least 2 labels and one pixel"),
+    # positions and colours divided by σ = 1e-30 overflow the lattice's coordinates
+    (lambda im, p, kw: (im, p, {**kw, "sigma_alpha": 1e-30}), ValueError, "larger sigma"),
+    (lambda im, p, kw: (im, p, {**kw, "sigma_beta": 1e-30}), ValueError, "larger sigma"),
     (lambda im, p, kw: (im, p, {**kw, "method": "fast"}), ValueError, "method"),
     (lambda im, p, kw: (im, p, {**kw, "normalization": "sym"}), ValueError, "normalization"),
     (lambda im, p, kw: (im, p, {**kw, "device": "tpu"}), ValueError, "device"),
@@ -205,8 +211,35 @@ def test_naive_refuses_big_images():
         naive.ExactFilter(np.zeros((naive.MAX_PIXELS + 1, 2), np.float32))
 
 
+@pytest.mark.parametrize("offset", [1e7, 1e9, 1e20])
+def test_lattice_refuses_features_beyond_float32_integers(rng, offset):
+    """Features far from the origin put the lattice's integer coordinates past 2**24, where
+    float32 no longer separates neighbouring vertices; at 1e9 the int32 coordinates
+    overflowed and the embedding wrote out of bounds (a crash) before this check."""
+    features = rng.normal(size=(50, 5)).astype(np.float32) + np.float32(offset)
+    with pytest.raises(ValueError, match="larger sigma"):
+        lattice.LatticeFilter(features)
+    with pytest.raises(ValueError, match="larger sigma"):
+        crf.gaussian_filter(features, np.ones(50, np.float32))
+
+
+def test_lattice_keeps_its_accuracy_up_to_the_limit(rng):
+    """The largest offsets the check lets through filter as well as features at the origin:
+    the kernel depends only on differences, so the error against the exact filter stays."""
+    base = rng.normal(size=(200, 5)).astype(np.float32)
+    values = rng.random((200, 2)).astype(np.float32)
+    errors = []
+    for offset in (0.0, 1e6):
+        f = base + np.float32(offset)
+        exact = naive.ExactFilter(f)(values)  # centres the features in float64: exact at any offset
+        errors.append(np.abs(lattice.LatticeFilter(f)(values) - exact).max() / exact.max())
+    assert errors[1] < 1.5 * errors[0] + 0.01, errors
+
+
 def test_gaussian_filter_checks_its_inputs():
     f = np.zeros((4, 2), np.float32)
+    with pytest.raises(ValueError, match="N >= 1 points and d >= 1"):
+        crf.gaussian_filter(np.zeros((4, 0), np.float32), np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="values must be"):
         crf.gaussian_filter(f, np.zeros((5, 2), np.float32))
     with pytest.raises(ValueError, match="features must have 2 dimensions"):

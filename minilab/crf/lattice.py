@@ -46,6 +46,11 @@ from .. import backend
 
 HALF = np.float32(0.5)
 THREADS = 128
+# Lattice points have integer coordinates; float32 holds every integer exactly only up to
+# 2**24, so elevated coordinates beyond it no longer tell neighbouring vertices apart. Far
+# beyond it the int32 coordinates overflow and the simplex ranks leave 0..d, which would
+# index out of bounds: embed() refuses such features.
+MAX_COORDINATE = 2.0**24
 
 
 def scale_factors(d):
@@ -499,12 +504,24 @@ def embed(features, kernels=None):
     """
     xp = backend.array_module(features)
     n, d = features.shape
+    if n < 1 or d < 1:
+        raise ValueError(f"features must be (N, d) with N >= 1 points and d >= 1 dimensions, "
+                         f"got shape {tuple(features.shape)}")
+    scale = scale_factors(d)
+    # |elevated_j| <= max|f| · (Σ_k s_k + j·s_{j−1}) by the elevation's formula (_embed_point)
+    top = float(xp.abs(features).max())
+    reach = top * float(scale.sum() + (np.arange(1, d + 1) * scale).max())
+    if not reach < MAX_COORDINATE:  # also NaN
+        raise ValueError(f"features up to |f| = {top:.3g} would put the lattice's "
+                         f"coordinates near {reach:.3g}, past the {MAX_COORDINATE:.3g} that float32 holds "
+                         "exactly; divide the features by a larger sigma (dense_crf: positions by "
+                         "sigma_alpha and sigma_gamma, colours by sigma_beta)")
     features = xp.ascontiguousarray(features, dtype=np.float32)
     elevated = xp.empty((n, d + 1), dtype=np.float32)
     rem0 = xp.empty((n, d + 1), dtype=np.int32)
     rank = xp.empty((n, d + 1), dtype=np.int32)
     bary = xp.empty((n, d + 2), dtype=np.float32)
-    scale = xp.asarray(scale_factors(d))
+    scale = xp.asarray(scale)
     if (kernels or ("cuda" if xp is not np else "numba")) == "numba":
         _embed_cpu(features, scale, elevated, rem0, rank, bary)
     else:
@@ -555,8 +572,9 @@ class LatticeFilter:
         blocks = (n + THREADS - 1) // THREADS
         self.weights = xp.ascontiguousarray(bary[:, :d + 1])
         # Vertex coordinates lie within d of rem0's; leave room for the blur's shifts of up to d.
-        low = int(rem0[:, :d].min()) - 2 * d - 1
-        span = int(rem0[:, :d].max()) + 2 * d + 1 - low + 1
+        low, high = xp.stack([rem0[:, :d].min(), rem0[:, :d].max()]).tolist()  # one transfer
+        low -= 2 * d + 1
+        span = high + 2 * d + 1 - low + 1
         if d * math.log2(span) <= 62:
             strides = xp.asarray(np.array([span**i for i in range(d)], dtype=np.int64))
             codes = xp.empty((n, d + 1), dtype=np.int64)

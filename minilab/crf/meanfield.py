@@ -261,9 +261,7 @@ def dense_crf(image, probs, *, iterations=10, w1, sigma_alpha, sigma_beta, w2=3.
     image = potentials.check_image(backend.to_device(image, device))
     probs = potentials.check_probs(backend.to_device(probs, device))
     iterations = validate.integer("iterations", iterations, minimum=0)
-    for name, value in (("w1", w1), ("w2", w2)):
-        if isinstance(value, bool) or not np.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    w1, w2 = validate.real("w1", w1), validate.real("w2", w2)
     validate.choice("method", method, METHODS)
     validate.choice("normalization", normalization, NORMALIZATIONS)
     c, h, w = probs.shape

@@ -26,8 +26,9 @@ PROB_FLOOR = np.float32(1e-10)
 def check_image(image):
     """Check an ``H×W×3`` uint8 photo or ``H×W×F`` float feature image; return it."""
     validate.array("image", image)
-    if image.ndim != 3 or image.shape[2] < 1:
-        raise ValueError(f"image must be H×W×3 (uint8) or H×W×F (float), got shape {tuple(image.shape)}")
+    if image.ndim != 3 or min(image.shape) < 1:
+        raise ValueError(f"image must be H×W×3 (uint8) or H×W×F (float) with at least one pixel and one "
+                         f"channel, got shape {tuple(image.shape)}")
     if image.dtype != np.uint8:
         if image.dtype not in validate.FLOATS:
             raise TypeError(f"image must be uint8 (a photo) or float32/float64 (features), got dtype {image.dtype}")
@@ -38,8 +39,9 @@ def check_image(image):
 def check_probs(probs, tolerance=1e-3):
     """Check a ``C×H×W`` probability map: float, C >= 2, finite, >= 0, pixels summing to 1."""
     validate.float_array("probs", probs, ndim=3, finite=False)
-    if probs.shape[0] < 2:
-        raise ValueError(f"probs must have at least 2 labels (C×H×W with C >= 2), got shape {tuple(probs.shape)}")
+    if probs.shape[0] < 2 or min(probs.shape[1:]) < 1:
+        raise ValueError(f"probs must have at least 2 labels and one pixel (C×H×W with C >= 2), "
+                         f"got shape {tuple(probs.shape)}")
     xp = backend.array_module(probs)
     # three reductions, one transfer to the host (on a GPU, one synchronisation)
     finite, lowest, worst = xp.stack([xp.isfinite(probs).all(), probs.min(), xp.abs(probs.sum(axis=0) - 1).max()]

@@ -117,4 +117,6 @@ def _check_channels(x):
     validate.float_array("x", x)
     if x.ndim < 2:
         raise ValueError(f"x must have shape (N, C, ...) with at least 2 dimensions, got shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"x must have at least one channel (axis 1) to normalise over, got shape {tuple(x.shape)}")
 

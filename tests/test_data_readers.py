@@ -73,6 +73,10 @@ def test_bad_data_is_reported_clearly(voc_root):
     save_palette_png(voc_root / "SegmentationClass" / f"{name}.png", labels)
     with pytest.raises(ValueError, match=r"class ids \[40\] outside 0..20"):
         ds[0]
+    with pytest.raises(ValueError, match=r"class ids \[-1\] outside"):
+        data.check_labels(np.array([[0, -1]]), 21)
+    with pytest.raises(TypeError, match="integer class ids"):
+        data.check_labels(np.zeros((2, 2), np.float32), 21)
     # fewer classes declared than the labels use
     with pytest.raises(ValueError, match="outside 0..2"):
         data.VOCSegmentation(voc_root, "val", num_classes=3)[0]

@@ -133,3 +133,21 @@ def test_nn_weight_file_errors(tmp_path):
         nn.save_weights({}, tmp_path / "w.bin")
     with pytest.raises(FileNotFoundError, match="no such weight file"):
         nn.load_weights(tmp_path / "missing.npz")
+    for name, content in (("junk.npz", b"not a zip"), ("junk.safetensors", b"\xff" * 16)):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=f"{name} is not a readable"):
+            nn.load_weights(tmp_path / name)
+
+
+def test_nn_backward_needs_a_forward(rng):
+    """backward() before any forward() says so, rather than failing inside an op (or, for
+    the multi-scale fusion, silently returning nothing)."""
+    model = small_model()
+    for module in (nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(3), model, nn.MultiScale(model)):
+        with pytest.raises(RuntimeError, match=r"backward\(\) needs a forward\(\) first"):
+            module.backward(np.zeros((1, 3, 5, 5)))
+
+
+def test_nn_model_input_dtype_must_match():
+    with pytest.raises(TypeError, match="x is float32 but the model's parameters are float64"):
+        small_model().forward(np.zeros((1, 3, 17, 17), np.float32))

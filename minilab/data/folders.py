@@ -45,8 +45,11 @@ def read_mask(path):
 
 
 def check_labels(labels, num_classes, where="labels"):
-    """Raise ``ValueError`` when ``labels`` holds values outside 0..num_classes-1 other than 255."""
-    bad = (labels >= num_classes) & (labels != IGNORE)
+    """Raise ``ValueError`` when ``labels`` holds values outside 0..num_classes-1 other than 255
+    (``TypeError`` when they are not integers)."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"{where} must hold integer class ids, got dtype {labels.dtype}")
+    bad = ((labels < 0) | (labels >= num_classes)) & (labels != IGNORE)
     if bad.any():
         values = np.unique(labels[bad])
         raise ValueError(f"{where} contains class ids {values[:10].tolist()} outside 0..{num_classes - 1} "

@@ -42,6 +42,10 @@ class DeepLab(Module):
         validate.float_array("x", x, ndim=4)
         if x.shape[1] != 3:
             raise ValueError(f"x must have 3 channels (N×3×H×W), got shape {tuple(x.shape)}")
+        dtype = self.parameters()[0].data.dtype
+        if x.dtype != dtype:
+            raise TypeError(f"x is {x.dtype} but the model's parameters are {dtype}: pass x.astype({dtype.name}) "
+                            f"or convert the model with .to(dtype=...)")
         with validate.finite_scans_off():  # x was scanned: the layers need not scan again
             return self.head.forward(self.backbone.forward(x))
 
@@ -83,7 +87,7 @@ class MultiScale(Module):
             raise ValueError(f"scales must be a non-empty tuple of numbers, got {scales!r}")
         self.scales = tuple(validate.positive("scales", s) for s in scales)
         self.model = model
-        self._branches = []
+        self._branches, self._winner = [], None
 
     def children(self):
         return self.model.children()
@@ -119,9 +123,10 @@ class MultiScale(Module):
 
     def backward(self, dout):
         xp = backend.array_module(dout)
+        winner = self._saved("_winner")
         dx = None
         for i, (branch, down, up) in enumerate(self._branches):
-            dy = xp.where(self._winner == i, dout, 0).astype(dout.dtype)
+            dy = xp.where(winner == i, dout, 0).astype(dout.dtype)
             if up is not None:
                 dy = interp.bilinear_resize_backward(dy, up)
             dxs = branch.backward(dy)

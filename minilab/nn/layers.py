@@ -82,7 +82,7 @@ class Conv2d(Module):
         return out
 
     def backward(self, dout):
-        dx, dw, db = atrous.atrous_conv2d_backward(dout, self._cache)
+        dx, dw, db = atrous.atrous_conv2d_backward(dout, self._saved())
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db
@@ -152,7 +152,7 @@ class BatchNorm2d(Module):
         return out
 
     def backward(self, dout):
-        dx, dgamma, dbeta = norm.batch_norm_backward(dout, self._cache)
+        dx, dgamma, dbeta = norm.batch_norm_backward(dout, self._saved())
         if not self.frozen:
             self.weight.grad += dgamma
             self.bias.grad += dbeta
@@ -167,7 +167,7 @@ class ReLU(Module):
         return out
 
     def backward(self, dout):
-        return activations.relu_backward(dout, self._cache)
+        return activations.relu_backward(dout, self._saved())
 
 
 class MaxPool2d(Module):
@@ -195,7 +195,7 @@ class MaxPool2d(Module):
         return out
 
     def backward(self, dout):
-        return pool.max_pool2d_backward(dout, self._cache)
+        return pool.max_pool2d_backward(dout, self._saved())
 
     def receptive_field(self, rf=1, jump=1):
         return rf + (self.kernel_size - 1) * jump, jump * self.stride
@@ -232,7 +232,7 @@ class Dropout2d(Module):
         return out
 
     def backward(self, dout):
-        return dropout.dropout_backward(dout, self._cache)
+        return dropout.dropout_backward(dout, self._saved())
 
 
 class Upsample(Module):
@@ -271,4 +271,4 @@ class Upsample(Module):
         return out
 
     def backward(self, dout):
-        return interp.bilinear_resize_backward(dout, self._cache)
+        return interp.bilinear_resize_backward(dout, self._saved())

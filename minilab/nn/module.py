@@ -73,6 +73,15 @@ class Module:
     def backward(self, dout):
         raise NotImplementedError(f"{type(self).__name__} does not define backward")
 
+    def _saved(self, name="_cache"):
+        """What the last ``forward`` kept for ``backward`` (the attribute ``name``), or a clear
+        error when ``backward`` comes before any ``forward``."""
+        value = getattr(self, name, None)
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() needs a forward() first: "
+                               "it differentiates the last forward pass")
+        return value
+
     # -- the module tree ------------------------------------------------------------------
     def children(self):
         """``(name, module)`` for each direct child, in the order they were set.
@@ -315,12 +324,15 @@ def load_weights(path):
     suffix = _suffix(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: no such weight file {str(path)!r}")
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
-            return OrderedDict((k, f[k]) for k in f.files)
-    if suffix == ".safetensors":
-        from safetensors.numpy import load_file
-        return OrderedDict(load_file(str(path)))
+    if suffix in (".npz", ".safetensors"):
+        try:
+            if suffix == ".npz":
+                with np.load(path, allow_pickle=False) as f:
+                    return OrderedDict((k, f[k]) for k in f.files)
+            from safetensors.numpy import load_file
+            return OrderedDict(load_file(str(path)))
+        except Exception as e:  # a damaged or foreign file: name it, keep the parser's reason
+            raise ValueError(f"path: {path.name} is not a readable {suffix} weight file ({e})") from e
     try:
         import torch
     except ImportError as e:

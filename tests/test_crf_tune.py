@@ -66,6 +66,10 @@ def test_bad_arguments(tiny_set):
         tune.cross_validate(tiny_set, rounds=-1, progress=False)
     with pytest.raises(ValueError, match="grid key"):
         tune.grid_search(tiny_set, dict(w3=(1.0,)), progress=False)
+    with pytest.raises(ValueError, match="grid must give at least one value.*missing 'w1'"):
+        tune.grid_search(tiny_set, dict(w1=(), sigma_alpha=(2.0,), sigma_beta=(5.0,)), progress=False)
+    with pytest.raises(TypeError, match=r"\(image, probs, labels\) triples, got a tuple of length 2"):
+        tune.score([tiny_set[0][:2]], w1=3.0, sigma_alpha=2.0, sigma_beta=5.0)
 
 
 def test_paper_grid():

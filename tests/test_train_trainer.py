@@ -121,6 +121,14 @@ def test_config_checks():
         TrainConfig(batch_size=0)
 
 
+def test_trainer_checks_the_data_against_the_model():
+    scenes = SyntheticScenes(length=4, size=33)
+    with pytest.raises(ValueError, match="train_set is empty"):
+        Trainer(tiny(), SyntheticScenes(length=0, size=33), config(), 5, progress=False)
+    with pytest.raises(ValueError, match="the model scores 5 classes but num_classes is 7"):
+        Trainer(tiny(), scenes, config(), 7, progress=False).fit()
+
+
 @pytest.mark.gpu
 def test_trainer_on_the_gpu_follows_the_cpu(tmp_path):
     """device="gpu": the same seeded run as on the CPU (to float32 rounding), weights on the

@@ -47,7 +47,11 @@ def score(samples, *, w1, sigma_alpha, sigma_beta, w2=3.0, sigma_gamma=3.0, iter
     float : mean IoU (:func:`minilab.metrics.mean_iou`).
     """
     conf = 0
-    for image, probs, labels in samples:
+    for sample in samples:
+        if not (isinstance(sample, (tuple, list)) and len(sample) == 3):
+            raise TypeError(f"samples must hold (image, probs, labels) triples, got a {type(sample).__name__}"
+                            + (f" of length {len(sample)}" if hasattr(sample, "__len__") else ""))
+        image, probs, labels = sample
         q = dense_crf(image, probs, iterations=iterations, w1=w1, sigma_alpha=sigma_alpha,
                       sigma_beta=sigma_beta, w2=w2, sigma_gamma=sigma_gamma, method=method,
                       **crf_options)
@@ -62,8 +66,7 @@ def grid_search(samples, grid, *, progress=True, desc="grid", table=None, **opti
     again. Returns the list of rows, ``table`` extended: one dict per setting with the
     three parameters, ``"miou"`` and ``"stage"`` (``desc``). ``options`` go to :func:`score`.
     """
-    for name in grid:
-        validate.choice("grid key", name, NAMES)
+    _check_grid("grid", grid)
     table = [] if table is None else table
     done = {tuple(row[n] for n in NAMES) for row in table}
     settings = [s for s in itertools.product(*(grid[n] for n in NAMES)) if s not in done]
@@ -71,6 +74,15 @@ def grid_search(samples, grid, *, progress=True, desc="grid", table=None, **opti
         params = dict(zip(NAMES, setting))
         table.append(dict(params, miou=score(samples, **params, **options), stage=desc))
     return table
+
+
+def _check_grid(name, grid):
+    """A grid names only w1, σα, σβ, and gives each at least one value."""
+    for key in grid:
+        validate.choice(f"{name} key", key, NAMES)
+    for key in NAMES:
+        if key not in grid or len(grid[key]) == 0:
+            raise ValueError(f"{name} must give at least one value for each of {NAMES}, missing {key!r}")
 
 
 def best_row(table):
@@ -113,9 +125,8 @@ def cross_validate(samples, *, coarse=COARSE_GRID, fine_steps=FINE_STEPS, rounds
     rounds = validate.integer("rounds", rounds, minimum=0)
     if len(samples) == 0:
         raise ValueError("samples must hold at least one (image, probs, labels) triple")
+    _check_grid("coarse", coarse)
     for name in NAMES:
-        if name not in coarse or len(coarse[name]) == 0:
-            raise ValueError(f"coarse must give at least one value for each of {NAMES}, missing {name!r}")
         validate.positive(f"fine_steps[{name!r}]", fine_steps[name])
     options = dict(w2=w2, sigma_gamma=sigma_gamma, iterations=iterations, method=method,
                    progress=progress, **crf_options)

@@ -162,6 +162,8 @@ class Trainer:
                  model_spec=None, crf=None, progress=True):
         self.model, self.train_set, self.val_set = model, train_set, val_set
         self.config, self.num_classes = config, validate.integer("num_classes", num_classes, 2)
+        if len(train_set) == 0:
+            raise ValueError("train_set is empty: there is nothing to train on")
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.model_spec, self.crf, self.progress = model_spec or {}, crf, progress
         self.device = backend.resolve_device(config.device)
@@ -201,6 +203,8 @@ class Trainer:
         lr = self.lr()
         try:
             logits = self.model.forward(x)
+            if logits.shape[1] != self.num_classes:
+                raise ValueError(f"the model scores {logits.shape[1]} classes but num_classes is {self.num_classes}")
             target = downsample_labels(labels, size=logits.shape[-2:])
             loss, cache = softmax_cross_entropy_forward(logits, target, ignore_index=255)
             loss = float(loss)

@@ -95,16 +95,16 @@ def _embed_point(p, features, scale, elevated, rem0, rank, bary):
             r += 1
         rem0[p, i] = r * dp1
         total += r
-    # Rank the differences (position of each coordinate in decreasing order)
+    # Rank the differences (position of each coordinate in decreasing order); without a
+    # branch, whose outcome would be a coin toss (33 → 26 ms for 187 500 points, d = 5)
     for i in range(dp1):
         rank[p, i] = 0
     for i in range(d):
         di = elevated[p, i] - float32(rem0[p, i])
         for j in range(i + 1, dp1):
-            if di < elevated[p, j] - float32(rem0[p, j]):
-                rank[p, i] += 1
-            else:
-                rank[p, j] += 1
+            less = int32(di < elevated[p, j] - float32(rem0[p, j]))
+            rank[p, i] += less
+            rank[p, j] += 1 - less
     # Bring the point back onto the plane if the rounding left it off (total != 0)
     for i in range(dp1):
         rank[p, i] += total

@@ -13,6 +13,7 @@ module in the order they were set; attributes whose names start with ``_`` are p
 never searched (caches, shared copies).
 """
 import copy
+import zipfile
 from collections import OrderedDict, namedtuple
 from pathlib import Path
 
@@ -327,6 +328,8 @@ def load_weights(path):
     if suffix in (".npz", ".safetensors"):
         try:
             if suffix == ".npz":
+                if not zipfile.is_zipfile(path):  # else NumPy would try it as a pickle and say so
+                    raise ValueError("an .npz file is a zip archive of .npy arrays; this is not a zip archive")
                 with np.load(path, allow_pickle=False) as f:
                     return OrderedDict((k, f[k]) for k in f.files)
             from safetensors.numpy import load_file

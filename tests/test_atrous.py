@@ -5,7 +5,7 @@ import pytest
 
 from minilab.gradcheck import numerical_gradient, relative_error
 from minilab.ops.atrous import (METHODS, atrous_conv1d, atrous_conv2d_backward,
-                                atrous_conv2d_forward, auto_method, effective_kernel_size)
+                                atrous_conv2d_forward, auto_method, effective_kernel_size, unsupported)
 
 signal = pytest.importorskip("scipy.signal")
 
@@ -29,6 +29,8 @@ def test_conv1d_is_equation_1_written_out(rng):
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("rate", [1, 2, 5])
 def test_conv1d_matches_2d_code_on_one_row(method, rate, rng):
+    if unsupported(method, (1, 4), rate, 1):
+        pytest.skip(unsupported(method, (1, 4), rate, 1))
     x, w = rng.standard_normal(30), rng.standard_normal(4)
     y2, _ = atrous_conv2d_forward(x[None, None, None], w[None, None, None], rate=rate, method=method)
     np.testing.assert_allclose(atrous_conv1d(x, w, rate), y2[0, 0, 0], rtol=1e-12, atol=1e-12)
@@ -37,8 +39,11 @@ def test_conv1d_matches_2d_code_on_one_row(method, rate, rng):
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("rate", [1, 3])
 def test_single_channel_matches_scipy_correlate2d(method, rate, rng):
-    x, w = rng.standard_normal((17, 15)), rng.standard_normal((3, 2))
-    w_up = np.zeros(((3 - 1) * rate + 1, (2 - 1) * rate + 1))
+    kernel = (3, 3) if method == "winograd" else (3, 2)
+    if unsupported(method, kernel, rate, 1):
+        pytest.skip(unsupported(method, kernel, rate, 1))
+    x, w = rng.standard_normal((17, 15)), rng.standard_normal(kernel)
+    w_up = np.zeros(((kernel[0] - 1) * rate + 1, (kernel[1] - 1) * rate + 1))
     w_up[::rate, ::rate] = w
     expected = signal.correlate2d(np.pad(x, 2), w_up, mode="valid")
     y, _ = atrous_conv2d_forward(x[None, None], w[None, None], rate=rate, padding=2, method=method)
@@ -50,11 +55,13 @@ GRAD_CASES = [  # N, C, H, W, F, kh, kw, rate, stride, padding
     (1, 2, 9, 7, 3, 2, 3, 3, 1, (3, 1)),
     (2, 2, 8, 9, 2, 3, 2, 2, 2, 1),
     (1, 1, 6, 6, 1, 1, 1, 4, 1, 0),
+    (2, 3, 7, 8, 2, 3, 3, 1, 1, 1),       # 3×3 at rate 1: Winograd's case, odd and even sizes
+    (1, 2, 6, 5, 3, 3, 3, 1, 1, (2, 0)),
 ]
 
 
 @pytest.mark.parametrize("method, case", [(m, case) for m in sorted(METHODS) for case in GRAD_CASES
-                                           if m != "deinterlace" or case[8] == 1])
+                                           if not unsupported(m, case[5:7], case[7], case[8])])
 def test_gradients_match_central_differences(method, case, rng):
     n, c, h, w_, f, kh, kw, rate, stride, padding = case
     x = rng.standard_normal((n, c, h, w_))
@@ -78,7 +85,8 @@ def test_gradients_match_central_differences(method, case, rng):
 def test_no_bias_gives_no_bias_gradient_and_keeps_dtype(method, rng):
     x = rng.standard_normal((1, 2, 9, 9)).astype(np.float32)
     w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
-    out, cache = atrous_conv2d_forward(x, w, rate=2, padding=2, method=method)
+    rate = 1 if unsupported(method, (3, 3), 2, 1) else 2
+    out, cache = atrous_conv2d_forward(x, w, rate=rate, padding=rate, method=method)
     assert out.dtype == np.float32 and out.shape == (1, 3, 9, 9)
     dx, dw, db = atrous_conv2d_backward(np.ones_like(out), cache)
     assert db is None and dx.dtype == np.float32 and dw.dtype == np.float32
@@ -91,21 +99,26 @@ def test_rate_one_is_an_ordinary_convolution(rng):
     np.testing.assert_allclose(y[0, 0], signal.correlate2d(x[0, 0], w[0, 0], mode="valid"), rtol=1e-12)
 
 
-@pytest.mark.parametrize("c, f, stride, rate, expected", [
-    (3, 64, 1, 1, "sparse"),      # VGG's first layer on an RGB image
-    (3, 16, 2, 1, "sparse"),      # ResNet's 7×7 stem
-    (32, 32, 2, 1, "sparse"),     # a strided 3×3 inside a bottleneck
-    (256, 512, 2, 1, "sparse"),   # a strided 1×1 shortcut
-    (64, 128, 1, 1, "sparse"),    # VGG's conv2_1
-    (64, 128, 1, 2, "shifted"),
-    (16, 64, 1, 4, "sparse"),
-    (64, 64, 1, 1, "shifted"),
-    (512, 1024, 1, 12, "shifted"),  # LargeFOV's fc6
-    (1024, 1024, 1, 1, "shifted"),  # fc7
-    (512, 21, 1, 6, "shifted"),     # ASPP's classifier branches
+@pytest.mark.parametrize("c, f, stride, rate, k, side, expected", [
+    (3, 64, 1, 1, 3, 321, "sparse"),       # VGG's first layer on an RGB image
+    (3, 16, 2, 1, 7, 321, "sparse"),       # ResNet's 7×7 stem
+    (32, 32, 2, 1, 3, 81, "sparse"),       # a strided 3×3 inside a bottleneck
+    (256, 512, 2, 1, 1, 81, "sparse"),     # a strided 1×1 shortcut
+    (64, 128, 1, 1, 3, 161, "sparse"),     # VGG's conv2_1
+    (64, 128, 1, 2, 3, 161, "shifted"),
+    (16, 64, 1, 4, 3, 81, "sparse"),
+    (64, 64, 1, 1, 3, 81, "shifted"),      # few channels on a small map: not Winograd
+    (64, 64, 1, 1, 3, 321, "winograd"),    # VGG's conv1_2
+    (128, 128, 1, 1, 3, 161, "winograd"),  # VGG's conv2_2 and every 3×3 at rate 1 after it
+    (512, 512, 1, 2, 3, 41, "shifted"),    # conv5 at rate 2
+    (512, 1024, 1, 12, 3, 41, "shifted"),  # LargeFOV's fc6
+    (1024, 1024, 1, 1, 1, 41, "shifted"),  # fc7
+    (512, 21, 1, 6, 3, 41, "shifted"),     # ASPP's classifier branches
 ])
-def test_auto_method_takes_sparse_only_where_its_im2col_is_clearly_smaller(c, f, stride, rate, expected):
-    assert auto_method(c, f, stride, rate) == expected
+def test_auto_method_picks_by_the_measured_rules(c, f, stride, rate, k, side, expected):
+    assert auto_method(c, f, stride, rate, (k, k), side * side) == expected
+    if expected == "winograd":  # CPU only
+        assert auto_method(c, f, stride, rate, (k, k), side * side, gpu=True) == "shifted"
 
 
 @pytest.mark.parametrize("c, f, stride", [(1, 4, 1), (4, 4, 1), (2, 2, 2)])
@@ -145,6 +158,9 @@ def _inputs(rng):
     (dict(w=np.full((3, 2, 3, 3), np.inf, np.float32)), ValueError, "w"),
     (dict(method="fft"), ValueError, "method"),
     (dict(method="deinterlace", stride=2), ValueError, "stride"),
+    (dict(method="winograd", rate=2), ValueError, "3×3 kernels at rate 1 and stride 1"),
+    (dict(method="winograd", stride=2), ValueError, "3×3 kernels at rate 1 and stride 1"),
+    (dict(method="winograd", w=np.zeros((3, 2, 1, 1), np.float32)), ValueError, "got a 1×1 kernel"),
 ])
 def test_bad_inputs_raise_naming_the_argument(change, error, name, rng):
     x, w = _inputs(rng)
@@ -199,10 +215,11 @@ def test_mixed_numpy_and_gpu_arrays_are_refused(rng, monkeypatch):
 def test_non_contiguous_inputs_give_the_contiguous_result(method, rng):
     x = rng.standard_normal((2, 3, 18, 16))[:, :, ::2, ::2]          # strided view, no padding
     w = rng.standard_normal((3, 4, 3, 3)).transpose(1, 0, 2, 3)      # transposed view
-    out, cache = atrous_conv2d_forward(x, w, rate=2, method=method)
+    rate = 1 if unsupported(method, (3, 3), 2, 1) else 2
+    out, cache = atrous_conv2d_forward(x, w, rate=rate, method=method)
     dout = rng.standard_normal(out.shape)[..., ::-1]                  # negative strides
     expected, cache_c = atrous_conv2d_forward(np.ascontiguousarray(x), np.ascontiguousarray(w),
-                                              rate=2, method=method)
+                                              rate=rate, method=method)
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
     for got, want in zip(atrous_conv2d_backward(dout, cache)[:2],
                          atrous_conv2d_backward(np.ascontiguousarray(dout), cache_c)[:2]):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from minilab.ops import atrous
-from minilab.ops.atrous import METHODS, atrous_conv2d_backward, atrous_conv2d_forward
+from minilab.ops.atrous import METHODS, atrous_conv2d_backward, atrous_conv2d_forward, unsupported
 
 
 @st.composite
@@ -32,7 +32,7 @@ def run_all(p):
     b = rng.standard_normal(p["f"]).astype(p["dtype"]) if p["bias"] else None
     results, dout = {}, None
     for name in METHODS:
-        if name == "deinterlace" and p["stride"] != 1:
+        if unsupported(name, (p["kh"], p["kw"]), p["rate"], p["stride"]):
             continue
         out, cache = atrous_conv2d_forward(x, w, b, rate=p["rate"], stride=p["stride"],
                                            padding=p["padding"], method=name)
@@ -67,6 +67,30 @@ def test_methods_agree_on_a_deeplab_like_layer(rate, rng):
     for name, r in results.items():
         for ga, gb in zip(r, results["direct"]):
             np.testing.assert_allclose(ga, gb, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+@st.composite
+def winograd_problems(draw):
+    """3×3 kernels at rate 1 and stride 1, the only ones Winograd's F(2×2, 3×3) takes: odd and
+    even sizes (a last 2×2 block cut by the edge), unequal and zero paddings, batches."""
+    h, w = draw(st.integers(1, 13)), draw(st.integers(1, 13))
+    ph = max(0, -(-(3 - h) // 2)) + draw(st.integers(0, 2))
+    pw = max(0, -(-(3 - w) // 2)) + draw(st.integers(0, 2))
+    return dict(n=draw(st.integers(1, 3)), c=draw(st.integers(1, 5)), f=draw(st.integers(1, 5)),
+                h=h, w=w, kh=3, kw=3, rate=1, padding=(ph, pw), stride=1, bias=draw(st.booleans()),
+                dtype=draw(st.sampled_from([np.float32, np.float64])), seed=draw(st.integers(0, 2**16)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(winograd_problems())
+def test_winograd_agrees_with_the_direct_sum(p):
+    results = run_all(p)
+    assert "winograd" in results
+    tol = 2e-5 if p["dtype"] == np.float32 else 1e-12
+    for what, ga, gb in zip(("out", "dx", "dw", "db"), results["winograd"], results["direct"]):
+        if ga is not None:
+            scale = max(1.0, float(np.abs(gb).max()))
+            np.testing.assert_allclose(ga, gb, rtol=tol, atol=tol * scale, err_msg=what)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

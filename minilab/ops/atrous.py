@@ -40,13 +40,18 @@ hand-written backward, plus a loop reference and a fifth way that is the fastest
     and cropped to where it lands; taps are stacked into one GEMM per group of tap rows,
     over only the input rows the group reads. Its copies touch F-channel maps
     rather than a C·kh·kw-row im2col, and the zero padding is never multiplied.
+``"winograd"``
+    Not one of the paper's: Winograd's F(2×2, 3×3) (:mod:`minilab.ops.winograd`), 16 GEMMs
+    on transformed 4×4 tiles doing 2.25× fewer multiply-adds. 3×3 kernels at rate 1 and
+    stride 1 only (the backbone's layers, not the atrous ones), and NumPy arrays only.
 
-``method="auto"`` (the default) picks one per call with :func:`auto_method`: ``"sparse"``
-where the input has few channels next to the output's, as in a network's first layer on an
-RGB image, or where a stride skips most input positions, and ``"shifted"`` elsewhere.
+``method="auto"`` (the default) picks one per call with :func:`auto_method`: ``"winograd"``
+for 3×3 layers at rate 1 and stride 1 with many channels on the CPU, ``"sparse"`` where the input has few channels next to the output's, as in a network's
+first layer on an RGB image, or where a stride skips most input positions, and
+``"shifted"`` elsewhere. :func:`unsupported` says which methods cannot take a convolution.
 
-Every function accepts NumPy arrays (CPU) or CuPy arrays (GPU, GEMMs through cuBLAS) and
-returns arrays of the same kind and dtype (float32 or float64).
+Every method but ``"winograd"`` accepts NumPy arrays (CPU) or CuPy arrays (GPU, GEMMs
+through cuBLAS) and returns arrays of the same kind and dtype (float32 or float64).
 """
 import collections
 
@@ -54,6 +59,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import backend, validate
+from . import winograd
 
 cuda = backend.cuda
 
@@ -97,25 +103,53 @@ def atrous_conv1d(x, w, rate):
     return y
 
 
-def auto_method(in_channels, out_channels, stride, rate):
-    """The method ``method="auto"`` runs: ``"sparse"`` if m·C <= F·stride², else ``"shifted"``,
-    with m = 2 at rate 1 and m = 4 at higher rates.
+def auto_method(in_channels, out_channels, stride, rate, kernel_size=(3, 3), pixels=0, gpu=False):
+    """The method ``method="auto"`` runs for C = ``in_channels``, F = ``out_channels`` and an
+    input of ``pixels`` = H·W per channel:
 
-    Both do the same multiply-adds; what differs is the memory they stream. ``"sparse"``
-    writes an im2col of C·k² rows by Ho·Wo output positions; ``"shifted"`` writes tap
-    products of k²·F rows by the H·W input positions (Ho·Wo·stride²), then reads them back
-    to add them into the output, so the im2col is the smaller by F·stride²/C. The margin m
-    leaves ``"shifted"`` the layers where its larger GEMM outputs pay for themselves: C = F
-    (a GEMM per tap group beats the im2col copies), and at rates above 1 also C = F/2,
-    where much of what the outer taps read is zero padding, which ``"shifted"`` skips and
-    ``"sparse"`` copies and multiplies (LargeFOV's fc6: about a third at rate 12 on a 41×41
-    map). Forward+backward on 2 CPU cores (``benchmarks/results/bench_atrous_cpu_haswell.md``),
-    ms for sparse / shifted: VGG's conv1_1 (3→64, 321×321) 20 / 116; ResNet's 7×7 stride-2
-    stem 19 / 491; VGG's conv2_1 (64→128, 161×161) 78 / 99; fc6 (512→1024, rate 12, 41×41)
-    240 / 194.
+    * ``"winograd"`` for a 3×3 kernel at rate 1 and stride 1 on the CPU when C >= 128, or
+      C >= 64 on at least 256×256 pixels;
+    * otherwise ``"sparse"`` if m·C <= F·stride², else ``"shifted"``, with m = 2 at rate 1
+      and m = 4 at higher rates.
+
+    Both ``"sparse"`` and ``"shifted"`` do the same multiply-adds; what differs is the memory
+    they stream. ``"sparse"`` writes an im2col of C·k² rows by Ho·Wo output positions;
+    ``"shifted"`` writes tap products of k²·F rows by the H·W input positions
+    (Ho·Wo·stride²), then reads them back to add them into the output, so the im2col is the
+    smaller by F·stride²/C. The margin m leaves ``"shifted"`` the layers where its larger
+    GEMM outputs pay for themselves: C = F (a GEMM per tap group beats the im2col copies),
+    and at rates above 1 also C = F/2, where much of what the outer taps read is zero
+    padding, which ``"shifted"`` skips and ``"sparse"`` copies and multiplies (LargeFOV's
+    fc6: about a third at rate 12 on a 41×41 map). Forward+backward on 2 CPU cores
+    (``benchmarks/results/bench_atrous_cpu_haswell.md``), ms for sparse / shifted: VGG's
+    conv1_1 (3→64, 321×321) 20 / 116; ResNet's 7×7 stride-2 stem 19 / 491; VGG's conv2_1
+    (64→128, 161×161) 78 / 99; fc6 (512→1024, rate 12, 41×41) 240 / 194.
+
+    ``"winograd"`` does 2.25× fewer multiply-adds but writes and reads transformed tiles
+    four times the input's size; it pays where the GEMMs dominate. Forward+backward, ms,
+    best of sparse/shifted against winograd: 64→64 on 321×321 156 / 154 (shifted alone
+    203), 128→128 on 161×161 145 / 111, 256→256 on 81×81 118 / 87, 512→512 on 41×41
+    114 / 85, 128→128 on 41×41 8.1 / 7.5; but 64→64 on 81×81 8.6 / 17.7 and 32→32 on
+    161×161 11.9 / 19.7.
     """
+    if (tuple(kernel_size) == (3, 3) and rate == 1 and stride == 1 and not gpu
+            and (in_channels >= 128 or (in_channels >= 64 and pixels >= 256 * 256))):
+        return "winograd"
     margin = 2 if rate == 1 else 4
     return "sparse" if margin * in_channels <= out_channels * stride ** 2 else "shifted"
+
+
+def unsupported(method, kernel_size, rate, stride, gpu=False):
+    """Why ``method`` cannot compute a convolution with this kernel size (kh, kw), rate and
+    stride (on NumPy arrays, or CuPy ones when ``gpu``): a message, or None when it can."""
+    if method == "deinterlace" and stride != 1:
+        return (f"stride must be 1 for method='deinterlace' (sub-images are convolved densely), "
+                f"got stride={stride}; use method='sparse'")
+    if method == "winograd" and (tuple(kernel_size) != (3, 3) or rate != 1 or stride != 1 or gpu):
+        return (f"method='winograd' computes 3×3 kernels at rate 1 and stride 1 on NumPy arrays, got a "
+                f"{kernel_size[0]}×{kernel_size[1]} kernel at rate {rate}, stride {stride}"
+                f"{' on a GPU' if gpu else ''}; use method='auto'")
+    return None
 
 
 def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="auto"):
@@ -158,11 +192,12 @@ def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="
     stride = validate.integer("stride", stride, minimum=1)
     ph, pw = validate.pair("padding", padding, minimum=0)
     validate.choice("method", method, ["auto", *METHODS])
+    gpu = backend.is_gpu_array(x)
     if method == "auto":
-        method = auto_method(x.shape[1], w.shape[0], stride, rate)
-    if method == "deinterlace" and stride != 1:
-        raise ValueError(f"stride must be 1 for method='deinterlace' (sub-images are convolved "
-                         f"densely), got stride={stride}; use method='sparse'")
+        method = auto_method(x.shape[1], w.shape[0], stride, rate, w.shape[2:], x.shape[2] * x.shape[3], gpu)
+    problem = unsupported(method, w.shape[2:], rate, stride, gpu)
+    if problem:
+        raise ValueError(problem)
     hp, wp = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
     keh, kew = effective_kernel_size(w.shape[2], rate), effective_kernel_size(w.shape[3], rate)
     if keh > hp or kew > wp:
@@ -172,7 +207,7 @@ def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="
     out, ctx = METHODS[method].forward(x, backend.array_module(w).ascontiguousarray(w), rate, stride, (ph, pw))
     if b is not None:
         out += b[:, None, None]
-    return out, (method, ctx, b is not None, out.shape, out.dtype, backend.is_gpu_array(x))
+    return out, (method, ctx, b is not None, out.shape, out.dtype, gpu)
 
 
 def atrous_conv2d_backward(dout, cache):
@@ -682,4 +717,5 @@ METHODS = {
     "sparse": _on_padded(_sparse_forward, _sparse_backward),
     "deinterlace": _on_padded(_deinterlace_forward, _deinterlace_backward),
     "shifted": Method(_shifted_forward, _shifted_backward),
+    "winograd": Method(winograd.forward, winograd.backward),
 }

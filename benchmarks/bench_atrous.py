@@ -34,8 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import cpu_kernels, interleaved_ms, peak_mib, torch_plain_float32, write_results  # noqa: E402
 from minilab import backend  # noqa: E402
-from minilab.ops.atrous import (METHODS, atrous_conv2d_backward,  # noqa: E402
-                                atrous_conv2d_forward, effective_kernel_size)
+from minilab.ops.atrous import (METHODS, atrous_conv2d_backward, atrous_conv2d_forward,  # noqa: E402
+                                auto_method, effective_kernel_size, unsupported)
 
 # name: (N, C, H, W, F, k, rates, stride); padding = rate·(k - 1)/2 ("same" output at stride 1)
 CASES = {
@@ -48,6 +48,8 @@ CASES = {
     "f ResNet stem 7x7 s2": (1, 3, 321, 321, 64, 7, (1,), 2),
     "g VGG conv2_1 64->128": (1, 64, 161, 161, 128, 3, (1,), 1),
     "h LargeFOV fc6 41x41": (1, 512, 41, 41, 1024, 3, (12,), 1),
+    "i VGG conv3_2 256->256": (1, 256, 81, 81, 256, 3, (1,), 1),
+    "j VGG conv1_2 64->64": (1, 64, 321, 321, 64, 3, (1,), 1),
 }
 ZEROS_LIMIT = 2**30  # skip "zeros" when its im2col matrix alone would exceed 1 GiB
 
@@ -126,7 +128,7 @@ def main():
         to_array, sync, peak = (lambda a: a), None, peak_mib
 
     rng = np.random.default_rng(0)
-    rows = []
+    rows, picks = [], {}
     for name in args.cases:
         n, c, h, w_, f, k, rates, stride = CASES[name]
         x = to_array(rng.standard_normal((n, c, h, w_)).astype(np.float32))
@@ -135,6 +137,8 @@ def main():
         ho, wo = (h - 1) // stride + 1, (w_ - 1) // stride + 1
         gflop = 2 * n * f * c * k * k * ho * wo * len(rates) / 1e9
         fwds, fbs, skipped = {}, {}, []
+        picks[name.split()[0]] = "/".join(sorted({auto_method(c, f, stride, r, (k, k), h * w_, args.device == "gpu")
+                                                  for r in rates}))
         for method in ["auto", *METHODS]:
             ke = max(effective_kernel_size(k, r) for r in rates)
             if method == "direct":
@@ -144,8 +148,9 @@ def main():
                 skipped.append(f"zeros (its {ke}×{ke} im2col would take "
                                f"{c * ke * ke * n * ho * wo * 4 / 2**30:.1f} GiB)")
                 continue
-            if method == "deinterlace" and stride > 1:
-                skipped.append("deinterlace (stride 1 only)")
+            problem = method != "auto" and unsupported(method, (k, k), max(rates), stride, args.device == "gpu")
+            if problem:
+                skipped.append(f"{method} ({problem.split(';')[0]})")
                 continue
             fwds[method], fbs[method] = branches(x, ws, rates, stride, method)
         if torch is not None:
@@ -175,7 +180,9 @@ def main():
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     notes = (("GPU: CuPy against torch's cuDNN in plain float32 (TF32 off). " if args.device == "gpu" else "")
              + f"{threads} thread(s); {kernels}; load average at the end "
-             f"{load} (other jobs shared the machine: compare ratios, not times). float32, padding = rate·(k - 1)/2. 'auto' runs 'sparse' on (e)-(g) and 'shifted' elsewhere. Ratios are minilab time / torch time in the same "
+             f"{load} (other jobs shared the machine: compare ratios, not times). float32, padding = rate·(k - 1)/2. 'auto' runs "
+             + ", ".join(f"{case} {method}" for case, method in picks.items())
+             + ". Ratios are minilab time / torch time in the same "
              "run (below 1 = faster). Peak MiB: memory allocated during forward+backward "
              "(not measured for torch). 'direct' is skipped on every shape (a loop reference); "
              f"'zeros' is skipped where its upsampled-filter im2col would exceed {ZEROS_LIMIT / 2**30:.0f} GiB.")

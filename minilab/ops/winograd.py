@@ -13,9 +13,11 @@ tiles overlap by two pixels):
 For each of a tile's 16 positions (ξ, ν) the sum over c is a matrix product over the P
 tiles of all images, M_ξν = U_ξν (F×C) · V_ξν (C×P): 16 GEMMs doing 16 multiply-adds
 per 2×2 outputs and channel pair where the nine taps do 36. The transforms are adds and
-subtracts (and halvings in G), done per tile by Numba. CPU only: on a GPU the im2col and
-shifted methods are launch-bound rather than multiply-bound, and ``method="auto"`` does not
-pick this one there.
+subtracts (and halvings in G), done per tile by Numba. CPU only, with no CUDA twin yet: the
+GPU profile had the other methods bound by kernel launches, not by multiplications, and
+``method="auto"`` does not pick this one there. Memory: the forward keeps the transformed
+tiles V for the backward, 16·C numbers per 2×2 outputs, four times the input (``shifted``
+keeps the input itself).
 
 The backward pass is the same linear pipeline transposed:
 
@@ -31,7 +33,6 @@ import numpy as np
 from numba import njit, prange
 
 _scratch = threading.local()  # .buffers: name -> flat array, this thread's work space
-
 
 
 @njit(cache=True, inline="always")
@@ -221,7 +222,7 @@ def forward(x, w, rate, stride, padding):
     n, c, h, wd = x.shape
     (ph, pw), zero = padding, x.dtype.type(0)
     ho, wo = h + 2 * ph - 2, wd + 2 * pw - 2
-    th, tw = -(-ho // 2), -(-wo // 2)  # 2×2 output blocks per column and per row
+    th, tw = -(-ho // 2), -(-wo // 2)  # tiles down and across (a last one may stick out)
     v = np.empty((16, c, n * th * tw), x.dtype)
     _input_cpu(x, ph, pw, th, tw, zero, v)
     u = _kernel_transform(w)

@@ -105,3 +105,19 @@ def test_blocked_im2col_gives_the_unblocked_result(stride, rng, monkeypatch):
     for name in whole:
         for ga, gb in zip(whole[name], blocked[name]):
             np.testing.assert_allclose(ga, gb, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_winograd_layers_interleaved_share_work_buffers_safely(rng):
+    """A network runs every layer's forward, then every backward in reverse: Winograd's
+    per-thread work buffers (grown, shrunk views, reused) must not leak one layer into another."""
+    shapes = [(2, 3, 9, 8, 5), (1, 6, 17, 15, 4), (2, 4, 5, 6, 6)]  # N, C, H, W, F: a big one between small ones
+    layers = []
+    for n, c, h, w, f in shapes:
+        x, k = rng.standard_normal((n, c, h, w)), rng.standard_normal((f, c, 3, 3))
+        layers.append((x, k, atrous_conv2d_forward(x, k, padding=1, method="winograd"),
+                       atrous_conv2d_forward(x, k, padding=1, method="direct")))
+    for x, k, (y, cache), (y_ref, cache_ref) in reversed(layers):
+        np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+        dy = rng.standard_normal(y.shape)
+        for got, want in zip(atrous_conv2d_backward(dy, cache)[:2], atrous_conv2d_backward(dy, cache_ref)[:2]):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

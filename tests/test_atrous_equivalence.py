@@ -71,13 +71,15 @@ def test_methods_agree_on_a_deeplab_like_layer(rate, rng):
 
 @st.composite
 def winograd_problems(draw):
-    """3×3 kernels at rate 1 and stride 1, the only ones Winograd's F(2×2, 3×3) takes: odd and
-    even sizes (a last 2×2 block cut by the edge), unequal and zero paddings, batches."""
+    """3×3 kernels at stride 1, the ones Winograd's F(2×2, 3×3) takes, at rates 1-4 (tiles on
+    the dilated grid): odd and even sizes (a last tile cut by the edge, residues with fewer
+    outputs than others), unequal and zero paddings, batches."""
+    rate = draw(st.integers(1, 4))
     h, w = draw(st.integers(1, 13)), draw(st.integers(1, 13))
-    ph = max(0, -(-(3 - h) // 2)) + draw(st.integers(0, 2))
-    pw = max(0, -(-(3 - w) // 2)) + draw(st.integers(0, 2))
+    ph = max(0, -(-(2 * rate + 1 - h) // 2)) + draw(st.integers(0, 2))
+    pw = max(0, -(-(2 * rate + 1 - w) // 2)) + draw(st.integers(0, 2))
     return dict(n=draw(st.integers(1, 3)), c=draw(st.integers(1, 5)), f=draw(st.integers(1, 5)),
-                h=h, w=w, kh=3, kw=3, rate=1, padding=(ph, pw), stride=1, bias=draw(st.booleans()),
+                h=h, w=w, kh=3, kw=3, rate=rate, padding=(ph, pw), stride=1, bias=draw(st.booleans()),
                 dtype=draw(st.sampled_from([np.float32, np.float64])), seed=draw(st.integers(0, 2**16)))
 
 

@@ -22,7 +22,7 @@ CASES = [  # N, C, H, W, F, k, rate, stride, padding
 def test_matches_torch_conv2d_forward_and_backward(method, case, dtype, rng):
     n, c, h, w_, f, k, rate, stride, padding = case
     if unsupported(method, (k, k), rate, stride):
-        with pytest.raises(ValueError, match="stride|3×3 kernels at rate 1"):
+        with pytest.raises(ValueError, match="stride"):
             atrous_conv2d_forward(np.zeros((n, c, h, w_), dtype), np.zeros((f, c, k, k), dtype),
                                   rate=rate, stride=stride, method=method)
         return

@@ -42,11 +42,11 @@ hand-written backward, plus a loop reference and a fifth way that is the fastest
     rather than a C·kh·kw-row im2col, and the zero padding is never multiplied.
 ``"winograd"``
     Not one of the paper's: Winograd's F(2×2, 3×3) (:mod:`minilab.ops.winograd`), 16 GEMMs
-    on transformed 4×4 tiles doing 2.25× fewer multiply-adds. 3×3 kernels at rate 1 and
-    stride 1 only (the backbone's layers, not the atrous ones), and NumPy arrays only.
+    on transformed 4×4 tiles doing 2.25× fewer multiply-adds, the tiles' pixels ``rate``
+    apart. 3×3 kernels at stride 1 only, and NumPy arrays only.
 
 ``method="auto"`` (the default) picks one per call with :func:`auto_method`: ``"winograd"``
-for 3×3 layers at rate 1 and stride 1 with many channels on the CPU, ``"sparse"`` where the input has few channels next to the output's, as in a network's
+for big 3×3 layers at rate 1 or 2 and stride 1 on the CPU, ``"sparse"`` where the input has few channels next to the output's, as in a network's
 first layer on an RGB image, or where a stride skips most input positions, and
 ``"shifted"`` elsewhere. :func:`unsupported` says which methods cannot take a convolution.
 
@@ -107,8 +107,9 @@ def auto_method(in_channels, out_channels, stride, rate, kernel_size=(3, 3), pix
     """The method ``method="auto"`` runs for C = ``in_channels``, F = ``out_channels`` and an
     input of ``pixels`` = H·W per channel:
 
-    * ``"winograd"`` for a 3×3 kernel at rate 1 and stride 1 on the CPU when C >= 128, or
-      C >= 64 on at least 256×256 pixels;
+    * ``"winograd"`` for a 3×3 kernel at stride 1 on the CPU: at rate 1 when C >= 128, or
+      C >= 64 on at least 256×256 pixels; at rate 2 when C >= 256 and C·H·W >= 786 432
+      (3·2¹⁸);
     * otherwise ``"sparse"`` if m·C <= F·stride², else ``"shifted"``, with m = 2 at rate 1
       and m = 4 at higher rates.
 
@@ -130,10 +131,15 @@ def auto_method(in_channels, out_channels, stride, rate, kernel_size=(3, 3), pix
     best of sparse/shifted against winograd: 64→64 on 321×321 156 / 154 (shifted alone
     203), 128→128 on 161×161 145 / 111, 256→256 on 81×81 118 / 87, 512→512 on 41×41
     114 / 85, 128→128 on 41×41 8.1 / 7.5; but 64→64 on 81×81 8.6 / 17.7 and 32→32 on
-    161×161 11.9 / 19.7.
+    161×161 11.9 / 19.7. At rate 2 (its tiles on the dilated grid) it multiplies the zero
+    padding that ``"shifted"`` skips, so it needs bigger layers: ``shifted`` / winograd,
+    C→C, 512 on 41×41 117 / 107, 256 on 81×81 115 / 106, 512 on 65×65 275 / 221, 1024 on
+    41×41 446 / 381; but 256 on 41×41 29 / 33 and 512 on 33×33 73 / 82. At higher rates
+    the padding dominates (fc6, 512→1024 at rate 12 on 41×41: 199 / 220).
     """
-    if (tuple(kernel_size) == (3, 3) and rate == 1 and stride == 1 and not gpu
-            and (in_channels >= 128 or (in_channels >= 64 and pixels >= 256 * 256))):
+    if tuple(kernel_size) == (3, 3) and stride == 1 and not gpu and (
+            (rate == 1 and (in_channels >= 128 or (in_channels >= 64 and pixels >= 256 * 256)))
+            or (rate == 2 and in_channels >= 256 and in_channels * pixels >= 3 * 2**18)):
         return "winograd"
     margin = 2 if rate == 1 else 4
     return "sparse" if margin * in_channels <= out_channels * stride ** 2 else "shifted"
@@ -145,9 +151,9 @@ def unsupported(method, kernel_size, rate, stride, gpu=False):
     if method == "deinterlace" and stride != 1:
         return (f"stride must be 1 for method='deinterlace' (sub-images are convolved densely), "
                 f"got stride={stride}; use method='sparse'")
-    if method == "winograd" and (tuple(kernel_size) != (3, 3) or rate != 1 or stride != 1 or gpu):
-        return (f"method='winograd' computes 3×3 kernels at rate 1 and stride 1 on NumPy arrays, got a "
-                f"{kernel_size[0]}×{kernel_size[1]} kernel at rate {rate}, stride {stride}"
+    if method == "winograd" and (tuple(kernel_size) != (3, 3) or stride != 1 or gpu):
+        return (f"method='winograd' computes 3×3 kernels at stride 1 on NumPy arrays, got a "
+                f"{kernel_size[0]}×{kernel_size[1]} kernel at stride {stride}"
                 f"{' on a GPU' if gpu else ''}; use method='auto'")
     return None
 

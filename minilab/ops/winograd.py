@@ -1,8 +1,10 @@
 """Winograd's minimal filtering F(2×2, 3×3) (Lavin & Gray, CVPR 2016): 3×3 convolution at
-rate 1 and stride 1 with 2.25× fewer multiplications, atrous convolution's ``"winograd"``.
+stride 1 with 2.25× fewer multiplications, atrous convolution's ``"winograd"``.
 
-Each 2×2 block of outputs comes from a 4×4 tile d of the zero-padded input (neighbouring
-tiles overlap by two pixels):
+At rate 1, each 2×2 block of outputs comes from a 4×4 tile d of the zero-padded input
+(neighbouring tiles overlap by two pixels). At rate r the same holds on the dilated grid:
+a tile's outputs, and its input pixels, are r apart, and the tiles of each residue mod r
+cover that residue's outputs (``_origin``). Then
 
     Y = Aᵀ [ Σ_c U_fc ⊙ V_c ] A,      U = G g Gᵀ  (the 3×3 kernel g as 4×4),   V = Bᵀ d B
 
@@ -88,41 +90,52 @@ def _pixel(x, n, c, r, q, zero):
 
 
 @njit(cache=True, inline="always")
-def _input_tile(x, n, c, ti, tj, ph, pw, zero, v, p):
-    """v[4ξ + ν, c, p] = (Bᵀ d B)[ξ, ν] for the tile d whose corner is x's pixel (2ti − ph, 2tj − pw)."""
-    r, q = 2 * ti - ph, 2 * tj - pw
+def _origin(t, rate):
+    """First output row (column) of tile row (column) t: at rate r the tiles of one residue
+    t mod r cover the outputs of that residue, two at a time, r apart."""
+    return t % rate + 2 * rate * (t // rate)
+
+
+@njit(cache=True, inline="always")
+def _input_tile(x, n, c, ti, tj, rate, ph, pw, zero, v, p):
+    """v[4ξ + ν, c, p] = (Bᵀ d B)[ξ, ν] for the tile d of pixels ``rate`` apart whose corner is
+    x's pixel (origin(ti) − ph, origin(tj) − pw)."""
+    r, q = _origin(ti, rate) - ph, _origin(tj, rate) - pw
+    r1, r2, r3, q1, q2, q3 = r + rate, r + 2 * rate, r + 3 * rate, q + rate, q + 2 * rate, q + 3 * rate
     for xi in range(4):
-        s0 = _bt(xi, _pixel(x, n, c, r, q, zero), _pixel(x, n, c, r + 1, q, zero),
-                 _pixel(x, n, c, r + 2, q, zero), _pixel(x, n, c, r + 3, q, zero))
-        s1 = _bt(xi, _pixel(x, n, c, r, q + 1, zero), _pixel(x, n, c, r + 1, q + 1, zero),
-                 _pixel(x, n, c, r + 2, q + 1, zero), _pixel(x, n, c, r + 3, q + 1, zero))
-        s2 = _bt(xi, _pixel(x, n, c, r, q + 2, zero), _pixel(x, n, c, r + 1, q + 2, zero),
-                 _pixel(x, n, c, r + 2, q + 2, zero), _pixel(x, n, c, r + 3, q + 2, zero))
-        s3 = _bt(xi, _pixel(x, n, c, r, q + 3, zero), _pixel(x, n, c, r + 1, q + 3, zero),
-                 _pixel(x, n, c, r + 2, q + 3, zero), _pixel(x, n, c, r + 3, q + 3, zero))
+        s0 = _bt(xi, _pixel(x, n, c, r, q, zero), _pixel(x, n, c, r1, q, zero),
+                 _pixel(x, n, c, r2, q, zero), _pixel(x, n, c, r3, q, zero))
+        s1 = _bt(xi, _pixel(x, n, c, r, q1, zero), _pixel(x, n, c, r1, q1, zero),
+                 _pixel(x, n, c, r2, q1, zero), _pixel(x, n, c, r3, q1, zero))
+        s2 = _bt(xi, _pixel(x, n, c, r, q2, zero), _pixel(x, n, c, r1, q2, zero),
+                 _pixel(x, n, c, r2, q2, zero), _pixel(x, n, c, r3, q2, zero))
+        s3 = _bt(xi, _pixel(x, n, c, r, q3, zero), _pixel(x, n, c, r1, q3, zero),
+                 _pixel(x, n, c, r2, q3, zero), _pixel(x, n, c, r3, q3, zero))
         for nu in range(4):
             v[4 * xi + nu, c, p] = _bt(nu, s0, s1, s2, s3)
 
 
 @njit(cache=True, inline="always")
-def _output_tile(m, n, f, ti, tj, p, y):
-    """y[n, f, 2ti + i, 2tj + j] = (Aᵀ M A)[i, j] for the outputs inside y."""
+def _output_tile(m, n, f, ti, tj, rate, p, y):
+    """y[n, f, origin(ti) + i·rate, origin(tj) + j·rate] = (Aᵀ M A)[i, j] for the outputs inside y."""
+    r, q = _origin(ti, rate), _origin(tj, rate)
     for i in range(2):
-        if 2 * ti + i < y.shape[2]:
+        if r + i * rate < y.shape[2]:
             s0 = _at(i, m[0, f, p], m[4, f, p], m[8, f, p], m[12, f, p])
             s1 = _at(i, m[1, f, p], m[5, f, p], m[9, f, p], m[13, f, p])
             s2 = _at(i, m[2, f, p], m[6, f, p], m[10, f, p], m[14, f, p])
             s3 = _at(i, m[3, f, p], m[7, f, p], m[11, f, p], m[15, f, p])
             for j in range(2):
-                if 2 * tj + j < y.shape[3]:
-                    y[n, f, 2 * ti + i, 2 * tj + j] = _at(j, s0, s1, s2, s3)
+                if q + j * rate < y.shape[3]:
+                    y[n, f, r + i * rate, q + j * rate] = _at(j, s0, s1, s2, s3)
 
 
 @njit(cache=True, inline="always")
-def _output_tile_t(dy, n, f, ti, tj, zero, dm, p):
-    """dm[4ξ + ν, f, p] = (A dYt Aᵀ)[ξ, ν], dYt the 2×2 block of dy at (2ti, 2tj) (zero past its edge)."""
-    y00, y01 = _pixel(dy, n, f, 2 * ti, 2 * tj, zero), _pixel(dy, n, f, 2 * ti, 2 * tj + 1, zero)
-    y10, y11 = _pixel(dy, n, f, 2 * ti + 1, 2 * tj, zero), _pixel(dy, n, f, 2 * ti + 1, 2 * tj + 1, zero)
+def _output_tile_t(dy, n, f, ti, tj, rate, zero, dm, p):
+    """dm[4ξ + ν, f, p] = (A dYt Aᵀ)[ξ, ν], dYt the tile's 2×2 outputs of dy (zero past its edge)."""
+    r, q = _origin(ti, rate), _origin(tj, rate)
+    y00, y01 = _pixel(dy, n, f, r, q, zero), _pixel(dy, n, f, r, q + rate, zero)
+    y10, y11 = _pixel(dy, n, f, r + rate, q, zero), _pixel(dy, n, f, r + rate, q + rate, zero)
     for xi in range(4):
         s0, s1 = _a(xi, y00, y10), _a(xi, y01, y11)
         for nu in range(4):
@@ -130,58 +143,59 @@ def _output_tile_t(dy, n, f, ti, tj, zero, dm, p):
 
 
 @njit(cache=True, inline="always")
-def _input_tile_t(dv, n, c, ti, tj, p, ph, pw, dx):
-    """dx[n, c, 2ti − ph + a, 2tj − pw + e] += (B dV Bᵀ)[a, e] for the pixels inside dx."""
-    r, q = 2 * ti - ph, 2 * tj - pw
+def _input_tile_t(dv, n, c, ti, tj, rate, p, ph, pw, dx):
+    """dx[n, c, origin(ti) − ph + a·rate, origin(tj) − pw + e·rate] += (B dV Bᵀ)[a, e] for the
+    pixels inside dx."""
+    r, q = _origin(ti, rate) - ph, _origin(tj, rate) - pw
     for e in range(4):
-        if 0 <= q + e < dx.shape[3]:
+        if 0 <= q + e * rate < dx.shape[3]:
             w0 = _b(e, dv[0, c, p], dv[1, c, p], dv[2, c, p], dv[3, c, p])
             w1 = _b(e, dv[4, c, p], dv[5, c, p], dv[6, c, p], dv[7, c, p])
             w2 = _b(e, dv[8, c, p], dv[9, c, p], dv[10, c, p], dv[11, c, p])
             w3 = _b(e, dv[12, c, p], dv[13, c, p], dv[14, c, p], dv[15, c, p])
             for a in range(4):
-                if 0 <= r + a < dx.shape[2]:
-                    dx[n, c, r + a, q + e] += _b(a, w0, w1, w2, w3)
+                if 0 <= r + a * rate < dx.shape[2]:
+                    dx[n, c, r + a * rate, q + e * rate] += _b(a, w0, w1, w2, w3)
 
 
 # One thread per plane (image n, channel c), its tiles in order. In the transposed input
 # transform the tiles of a plane overlap, so a plane is never split between threads.
 
 @njit(parallel=True, cache=True)
-def _input_cpu(x, ph, pw, th, tw, zero, v):
+def _input_cpu(x, rate, ph, pw, th, tw, zero, v):
     n, c = x.shape[0], x.shape[1]
     for t in prange(n * c):
         for ti in range(th):
             for tj in range(tw):
-                _input_tile(x, t // c, t % c, ti, tj, ph, pw, zero, v, (t // c * th + ti) * tw + tj)
+                _input_tile(x, t // c, t % c, ti, tj, rate, ph, pw, zero, v, (t // c * th + ti) * tw + tj)
 
 
 @njit(parallel=True, cache=True)
-def _output_cpu(m, th, tw, y):
+def _output_cpu(m, rate, th, tw, y):
     n, f = y.shape[0], y.shape[1]
     for t in prange(n * f):
         for ti in range(th):
             for tj in range(tw):
-                _output_tile(m, t // f, t % f, ti, tj, (t // f * th + ti) * tw + tj, y)
+                _output_tile(m, t // f, t % f, ti, tj, rate, (t // f * th + ti) * tw + tj, y)
 
 
 @njit(parallel=True, cache=True)
-def _output_t_cpu(dy, th, tw, zero, dm):
+def _output_t_cpu(dy, rate, th, tw, zero, dm):
     n, f = dy.shape[0], dy.shape[1]
     for t in prange(n * f):
         for ti in range(th):
             for tj in range(tw):
-                _output_tile_t(dy, t // f, t % f, ti, tj, zero, dm, (t // f * th + ti) * tw + tj)
+                _output_tile_t(dy, t // f, t % f, ti, tj, rate, zero, dm, (t // f * th + ti) * tw + tj)
 
 
 @njit(parallel=True, cache=True)
-def _input_t_cpu(dv, th, tw, ph, pw, dx):
+def _input_t_cpu(dv, rate, th, tw, ph, pw, dx):
     n, c = dx.shape[0], dx.shape[1]
     for t in prange(n * c):
         dx[t // c, t % c] = 0
         for ti in range(th):
             for tj in range(tw):
-                _input_tile_t(dv, t // c, t % c, ti, tj, (t // c * th + ti) * tw + tj, ph, pw, dx)
+                _input_tile_t(dv, t // c, t % c, ti, tj, rate, (t // c * th + ti) * tw + tj, ph, pw, dx)
 
 
 def _kernel_transform(w):
@@ -215,30 +229,36 @@ def _work(name, shape, dtype):
     return flat[:size].reshape(shape)
 
 
+def _tiles(size, rate):
+    """Tiles along a side of ``size`` outputs: per residue mod ``rate``, its outputs two by two
+    (a last tile may stick out)."""
+    return rate * -(-(-(-size // rate)) // 2)
+
+
 def forward(x, w, rate, stride, padding):
-    """``y = conv2d(x, w, padding)`` for 3×3 ``w`` at rate 1 and stride 1, NumPy arrays
+    """``y = conv2d(x, w, padding, dilation=rate)`` for 3×3 ``w`` at stride 1, NumPy arrays
     (:func:`minilab.ops.atrous.unsupported` checks that first)."""
     x = np.ascontiguousarray(x)
     n, c, h, wd = x.shape
     (ph, pw), zero = padding, x.dtype.type(0)
-    ho, wo = h + 2 * ph - 2, wd + 2 * pw - 2
-    th, tw = -(-ho // 2), -(-wo // 2)  # tiles down and across (a last one may stick out)
+    ho, wo = h + 2 * ph - 2 * rate, wd + 2 * pw - 2 * rate
+    th, tw = _tiles(ho, rate), _tiles(wo, rate)
     v = np.empty((16, c, n * th * tw), x.dtype)
-    _input_cpu(x, ph, pw, th, tw, zero, v)
+    _input_cpu(x, rate, ph, pw, th, tw, zero, v)
     u = _kernel_transform(w)
     y = np.empty((n, w.shape[0], ho, wo), x.dtype)
-    _output_cpu(np.matmul(u, v, out=_work("products", (16, w.shape[0], v.shape[2]), x.dtype)), th, tw, y)
-    return y, (x.shape, u, v, ph, pw, th, tw)
+    _output_cpu(np.matmul(u, v, out=_work("products", (16, w.shape[0], v.shape[2]), x.dtype)), rate, th, tw, y)
+    return y, (x.shape, u, v, rate, ph, pw, th, tw)
 
 
 def backward(dy, ctx):
     """``(dx, dw)`` of :func:`forward` (module docstring)."""
-    x_shape, u, v, ph, pw, th, tw = ctx
+    x_shape, u, v, rate, ph, pw, th, tw = ctx
     dy = np.ascontiguousarray(dy)
     dm = _work("products", (16, dy.shape[1], v.shape[2]), dy.dtype)
-    _output_t_cpu(dy, th, tw, dy.dtype.type(0), dm)
+    _output_t_cpu(dy, rate, th, tw, dy.dtype.type(0), dm)
     dw = _kernel_transform_t(np.matmul(dm, v.transpose(0, 2, 1)))
     dx = np.empty(x_shape, dy.dtype)
     dv = np.matmul(u.transpose(0, 2, 1), dm, out=_work("dv", v.shape, dy.dtype))
-    _input_t_cpu(dv, th, tw, ph, pw, dx)
+    _input_t_cpu(dv, rate, th, tw, ph, pw, dx)
     return dx, dw

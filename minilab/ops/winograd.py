@@ -4,7 +4,7 @@ stride 1 with 2.25× fewer multiplications, atrous convolution's ``"winograd"``.
 At rate 1, each 2×2 block of outputs comes from a 4×4 tile d of the zero-padded input
 (neighbouring tiles overlap by two pixels). At rate r the same holds on the dilated grid:
 a tile's outputs, and its input pixels, are r apart, and the tiles of each residue mod r
-cover that residue's outputs (``_origin``). Then
+cover that residue's outputs (``_origins``). Then
 
     Y = Aᵀ [ Σ_c U_fc ⊙ V_c ] A,      U = G g Gᵀ  (the 3×3 kernel g as 4×4),   V = Bᵀ d B
 
@@ -90,17 +90,10 @@ def _pixel(x, n, c, r, q, zero):
 
 
 @njit(cache=True, inline="always")
-def _origin(t, rate):
-    """First output row (column) of tile row (column) t: at rate r the tiles of one residue
-    t mod r cover the outputs of that residue, two at a time, r apart."""
-    return t % rate + 2 * rate * (t // rate)
-
-
-@njit(cache=True, inline="always")
-def _input_tile(x, n, c, ti, tj, rate, ph, pw, zero, v, p):
+def _input_tile(x, n, c, i, j, rate, ph, pw, zero, v, p):
     """v[4ξ + ν, c, p] = (Bᵀ d B)[ξ, ν] for the tile d of pixels ``rate`` apart whose corner is
-    x's pixel (origin(ti) − ph, origin(tj) − pw)."""
-    r, q = _origin(ti, rate) - ph, _origin(tj, rate) - pw
+    x's pixel (i − ph, j − pw), (i, j) the tile's first output."""
+    r, q = i - ph, j - pw
     r1, r2, r3, q1, q2, q3 = r + rate, r + 2 * rate, r + 3 * rate, q + rate, q + 2 * rate, q + 3 * rate
     for xi in range(4):
         s0 = _bt(xi, _pixel(x, n, c, r, q, zero), _pixel(x, n, c, r1, q, zero),
@@ -116,9 +109,8 @@ def _input_tile(x, n, c, ti, tj, rate, ph, pw, zero, v, p):
 
 
 @njit(cache=True, inline="always")
-def _output_tile(m, n, f, ti, tj, rate, p, y):
-    """y[n, f, origin(ti) + i·rate, origin(tj) + j·rate] = (Aᵀ M A)[i, j] for the outputs inside y."""
-    r, q = _origin(ti, rate), _origin(tj, rate)
+def _output_tile(m, n, f, r, q, rate, p, y):
+    """y[n, f, r + i·rate, q + j·rate] = (Aᵀ M A)[i, j] for the outputs inside y."""
     for i in range(2):
         if r + i * rate < y.shape[2]:
             s0 = _at(i, m[0, f, p], m[4, f, p], m[8, f, p], m[12, f, p])
@@ -131,9 +123,9 @@ def _output_tile(m, n, f, ti, tj, rate, p, y):
 
 
 @njit(cache=True, inline="always")
-def _output_tile_t(dy, n, f, ti, tj, rate, zero, dm, p):
-    """dm[4ξ + ν, f, p] = (A dYt Aᵀ)[ξ, ν], dYt the tile's 2×2 outputs of dy (zero past its edge)."""
-    r, q = _origin(ti, rate), _origin(tj, rate)
+def _output_tile_t(dy, n, f, r, q, rate, zero, dm, p):
+    """dm[4ξ + ν, f, p] = (A dYt Aᵀ)[ξ, ν], dYt the tile's 2×2 outputs of dy from (r, q), ``rate``
+    apart (zero past its edge)."""
     y00, y01 = _pixel(dy, n, f, r, q, zero), _pixel(dy, n, f, r, q + rate, zero)
     y10, y11 = _pixel(dy, n, f, r + rate, q, zero), _pixel(dy, n, f, r + rate, q + rate, zero)
     for xi in range(4):
@@ -143,10 +135,10 @@ def _output_tile_t(dy, n, f, ti, tj, rate, zero, dm, p):
 
 
 @njit(cache=True, inline="always")
-def _input_tile_t(dv, n, c, ti, tj, rate, p, ph, pw, dx):
-    """dx[n, c, origin(ti) − ph + a·rate, origin(tj) − pw + e·rate] += (B dV Bᵀ)[a, e] for the
-    pixels inside dx."""
-    r, q = _origin(ti, rate) - ph, _origin(tj, rate) - pw
+def _input_tile_t(dv, n, c, i, j, rate, p, ph, pw, dx):
+    """dx[n, c, i − ph + a·rate, j − pw + e·rate] += (B dV Bᵀ)[a, e] for the pixels inside dx,
+    (i, j) the tile's first output."""
+    r, q = i - ph, j - pw
     for e in range(4):
         if 0 <= q + e * rate < dx.shape[3]:
             w0 = _b(e, dv[0, c, p], dv[1, c, p], dv[2, c, p], dv[3, c, p])
@@ -162,40 +154,44 @@ def _input_tile_t(dv, n, c, ti, tj, rate, p, ph, pw, dx):
 # transform the tiles of a plane overlap, so a plane is never split between threads.
 
 @njit(parallel=True, cache=True)
-def _input_cpu(x, rate, ph, pw, th, tw, zero, v):
+def _input_cpu(x, rate, ph, pw, rows, cols, zero, v):
     n, c = x.shape[0], x.shape[1]
+    th, tw = rows.shape[0], cols.shape[0]
     for t in prange(n * c):
         for ti in range(th):
             for tj in range(tw):
-                _input_tile(x, t // c, t % c, ti, tj, rate, ph, pw, zero, v, (t // c * th + ti) * tw + tj)
+                _input_tile(x, t // c, t % c, rows[ti], cols[tj], rate, ph, pw, zero, v, (t // c * th + ti) * tw + tj)
 
 
 @njit(parallel=True, cache=True)
-def _output_cpu(m, rate, th, tw, y):
+def _output_cpu(m, rate, rows, cols, y):
     n, f = y.shape[0], y.shape[1]
+    th, tw = rows.shape[0], cols.shape[0]
     for t in prange(n * f):
         for ti in range(th):
             for tj in range(tw):
-                _output_tile(m, t // f, t % f, ti, tj, rate, (t // f * th + ti) * tw + tj, y)
+                _output_tile(m, t // f, t % f, rows[ti], cols[tj], rate, (t // f * th + ti) * tw + tj, y)
 
 
 @njit(parallel=True, cache=True)
-def _output_t_cpu(dy, rate, th, tw, zero, dm):
+def _output_t_cpu(dy, rate, rows, cols, zero, dm):
     n, f = dy.shape[0], dy.shape[1]
+    th, tw = rows.shape[0], cols.shape[0]
     for t in prange(n * f):
         for ti in range(th):
             for tj in range(tw):
-                _output_tile_t(dy, t // f, t % f, ti, tj, rate, zero, dm, (t // f * th + ti) * tw + tj)
+                _output_tile_t(dy, t // f, t % f, rows[ti], cols[tj], rate, zero, dm, (t // f * th + ti) * tw + tj)
 
 
 @njit(parallel=True, cache=True)
-def _input_t_cpu(dv, rate, th, tw, ph, pw, dx):
+def _input_t_cpu(dv, rate, rows, cols, ph, pw, dx):
     n, c = dx.shape[0], dx.shape[1]
+    th, tw = rows.shape[0], cols.shape[0]
     for t in prange(n * c):
         dx[t // c, t % c] = 0
         for ti in range(th):
             for tj in range(tw):
-                _input_tile_t(dv, t // c, t % c, ti, tj, rate, (t // c * th + ti) * tw + tj, ph, pw, dx)
+                _input_tile_t(dv, t // c, t % c, rows[ti], cols[tj], rate, (t // c * th + ti) * tw + tj, ph, pw, dx)
 
 
 def _kernel_transform(w):
@@ -229,10 +225,13 @@ def _work(name, shape, dtype):
     return flat[:size].reshape(shape)
 
 
-def _tiles(size, rate):
-    """Tiles along a side of ``size`` outputs: per residue mod ``rate``, its outputs two by two
-    (a last tile may stick out)."""
-    return rate * -(-(-(-size // rate)) // 2)
+def _origins(size, rate):
+    """The first output of each tile along a side of ``size`` outputs: the tiles of residue
+    s mod ``rate`` take that residue's outputs two by two, s, s + 2·rate, s + 4·rate, ... (a
+    last tile may stick out). At rate 1: 0, 2, 4, ..."""
+    per_residue = -(-(-(-size // rate)) // 2)
+    t = np.arange(rate * per_residue)
+    return t % rate + 2 * rate * (t // rate)
 
 
 def forward(x, w, rate, stride, padding):
@@ -242,23 +241,23 @@ def forward(x, w, rate, stride, padding):
     n, c, h, wd = x.shape
     (ph, pw), zero = padding, x.dtype.type(0)
     ho, wo = h + 2 * ph - 2 * rate, wd + 2 * pw - 2 * rate
-    th, tw = _tiles(ho, rate), _tiles(wo, rate)
-    v = np.empty((16, c, n * th * tw), x.dtype)
-    _input_cpu(x, rate, ph, pw, th, tw, zero, v)
+    rows, cols = _origins(ho, rate), _origins(wo, rate)
+    v = np.empty((16, c, n * rows.size * cols.size), x.dtype)
+    _input_cpu(x, rate, ph, pw, rows, cols, zero, v)
     u = _kernel_transform(w)
     y = np.empty((n, w.shape[0], ho, wo), x.dtype)
-    _output_cpu(np.matmul(u, v, out=_work("products", (16, w.shape[0], v.shape[2]), x.dtype)), rate, th, tw, y)
-    return y, (x.shape, u, v, rate, ph, pw, th, tw)
+    _output_cpu(np.matmul(u, v, out=_work("products", (16, w.shape[0], v.shape[2]), x.dtype)), rate, rows, cols, y)
+    return y, (x.shape, u, v, rate, ph, pw, rows, cols)
 
 
 def backward(dy, ctx):
     """``(dx, dw)`` of :func:`forward` (module docstring)."""
-    x_shape, u, v, rate, ph, pw, th, tw = ctx
+    x_shape, u, v, rate, ph, pw, rows, cols = ctx
     dy = np.ascontiguousarray(dy)
     dm = _work("products", (16, dy.shape[1], v.shape[2]), dy.dtype)
-    _output_t_cpu(dy, rate, th, tw, dy.dtype.type(0), dm)
+    _output_t_cpu(dy, rate, rows, cols, dy.dtype.type(0), dm)
     dw = _kernel_transform_t(np.matmul(dm, v.transpose(0, 2, 1)))
     dx = np.empty(x_shape, dy.dtype)
     dv = np.matmul(u.transpose(0, 2, 1), dm, out=_work("dv", v.shape, dy.dtype))
-    _input_t_cpu(dv, rate, th, tw, ph, pw, dx)
+    _input_t_cpu(dv, rate, rows, cols, ph, pw, dx)
     return dx, dw

@@ -23,8 +23,6 @@ Two choices the paper leaves implicit are explicit arguments:
   normaliser K1 as well (on the lattice: its own diagonal, computed exactly; see
   :class:`~minilab.crf.lattice.LatticeFilter`).
 """
-import math
-
 import numpy as np
 from numba import float32, njit, prange
 
@@ -104,6 +102,7 @@ class PairwiseTerm:
         return self.add_message(q, backend.array_module(q).zeros_like(q))
 
 
+@njit(cache=True, inline="always")
 def _subtract_max_point(p, energy):
     """energy[p] −= max(energy[p])."""
     row = energy[p]
@@ -114,6 +113,7 @@ def _subtract_max_point(p, energy):
         row[k] = row[k] - top
 
 
+@njit(cache=True, inline="always")
 def _normalize_point(p, q):
     """q[p] /= Σ q[p]."""
     row = q[p]
@@ -124,51 +124,39 @@ def _normalize_point(p, q):
         row[k] = row[k] / total
 
 
-_subtract_max_point_cpu = njit(cache=True, inline="always")(_subtract_max_point)
-_normalize_point_cpu = njit(cache=True, inline="always")(_normalize_point)
-
-
 @njit(parallel=True, cache=True)
 def _subtract_max_cpu(energy):
     for p in prange(energy.shape[0]):
-        _subtract_max_point_cpu(p, energy)
+        _subtract_max_point(p, energy)
 
 
 @njit(parallel=True, cache=True)
 def _normalize_cpu(q):
     for p in prange(q.shape[0]):
-        _normalize_point_cpu(p, q)
+        _normalize_point(p, q)
 
 
-if backend.cuda is not None:
-    _cuda = backend.cuda  # a module global, as the CUDA simulator expects
-    _subtract_max_point_gpu = _cuda.jit(device=True)(_subtract_max_point)
-    _normalize_point_gpu = _cuda.jit(device=True)(_normalize_point)
-
-    @_cuda.jit
-    def _softmax_gpu(energy, out):
-        p = _cuda.grid(1)
-        if p < energy.shape[0]:
-            _subtract_max_point_gpu(p, energy)
-            for k in range(energy.shape[1]):
-                out[p, k] = math.exp(energy[p, k])
-            _normalize_point_gpu(p, out)
-
-
-def softmax_labels(energy, out=None, kernels=None):
+def softmax_labels(energy, out=None):
     """Softmax over labels of each row of an (N, C) float32 ``energy``, in float32:
     subtract the row's max, exponentiate, divide by the row's sum. ``energy`` is overwritten
-    (max subtracted); returns ``out`` (new if None). ``kernels``: ``"numba"`` (default for
-    NumPy: the exponential is NumPy's vectorised one) or ``"cuda"`` (default for CuPy, NumPy
-    arrays under the CUDA simulator: one launch, a thread per row)."""
+    (max subtracted); returns ``out`` (new if None).
+
+    NumPy arrays: a Numba loop over rows for the max and the sum, NumPy's vectorised
+    exponential between. CuPy arrays: the same three steps as array code, whose reductions
+    along a row read it coalesced; a CUDA thread per row, reading 84-byte rows a row apart,
+    took 185 µs a step on an NVIDIA H100 for 500×375 pixels and 21 labels (2 ms of a
+    10-iteration CRF).
+    """
     xp = backend.array_module(energy)
     out = xp.empty_like(energy) if out is None else out
-    if (kernels or ("numba" if xp is np else "cuda")) == "numba":
+    if xp is np:
         _subtract_max_cpu(energy)
         np.exp(energy, out=out)
         _normalize_cpu(out)
     else:
-        _softmax_gpu[(energy.shape[0] + 127) // 128, 128](energy, out)
+        energy -= energy.max(axis=1, keepdims=True)
+        xp.exp(energy, out=out)
+        out /= out.sum(axis=1, keepdims=True)
     return out
 
 

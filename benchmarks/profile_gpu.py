@@ -1,4 +1,5 @@
-"""Where the GPU time goes: kernel-launch costs, the dense CRF's stages, and the models'
+"""Where the GPU time goes: kernel-launch costs, the dense CRF's stages, every kernel the
+models and the CRF launch (a census through torch.profiler, device times), and the models'
 layers, each timed on the host clock with the device synchronised around it.
 
     PYTHONPATH=. python benchmarks/profile_gpu.py
@@ -186,14 +187,49 @@ def model_layers(counter):
                 print(f"  {key:28s} {times[key] / 3:8.2f} ms  ({counts[key] // 3} calls)")
 
 
+def kernel_census():
+    """Every kernel one call launches, whoever launches it (CuPy, Numba, cuBLAS), counted and
+    timed on the device by CUPTI through torch.profiler: launches against device-busy time
+    says whether a stage is bound by launches or by the GPU."""
+    import torch.profiler as tp
+    from minilab.crf import dense_crf
+    rng = np.random.default_rng(0)
+    x = cp.asarray(rng.standard_normal((1, 3, 321, 321)).astype(np.float32))
+    image, probs = problem(1)
+    gimage, gprobs = cp.asarray(image), cp.asarray(probs)
+    sa, sb, w1 = SETTINGS["DeepLab (50, 3, 5)"]
+    models = {"tiny ResNet ASPP-L": nn.deeplab_resnet(21, blocks=(1, 1, 1, 1), width=16, rates=nn.ASPP_L,
+                                                       hidden=1024, seed=0),
+              "VGG LargeFOV": nn.deeplab("vgg16-largefov", 21, seed=0)}
+    jobs = {name: (lambda m=m.to("gpu").train(): m.backward(cp.ones_like(m.forward(x))))
+            for name, m in models.items()}
+    jobs["dense CRF 500×375, arrays on the GPU"] = lambda: dense_crf(
+        gimage, gprobs, w1=w1, sigma_alpha=sa, sigma_beta=sb, device="gpu")
+    for name, job in jobs.items():
+        job()
+        sync()
+        t = time.perf_counter()
+        job()
+        sync()
+        wall = (time.perf_counter() - t) * 1e3
+        with tp.profile(activities=[tp.ProfilerActivity.CUDA]) as prof:
+            job()
+            sync()
+        rows = [(e.key, e.count, e.device_time_total)
+                for e in prof.key_averages()]
+        rows = [r for r in rows if r[2] > 0]
+        print(f"\n## {name}: {wall:.1f} ms wall, {sum(r[1] for r in rows)} kernels, "
+              f"{sum(r[2] for r in rows) / 1e3:.1f} ms busy on the device")
+        for key, count, us in sorted(rows, key=lambda r: -r[2])[:18]:
+            print(f"{count:5d} {us / 1e3:8.2f} ms  {key[:90]}")
+
+
 if __name__ == "__main__":
     print(backend.cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())
-    for section in (launch_costs, lambda: crf_stages(1), lambda: crf_stages(2)):
+    sections = (launch_costs, lambda: crf_stages(1), lambda: crf_stages(2), kernel_census,
+                lambda: model_layers(count_launches()))
+    for section in sections:
         try:
             section()
         except Exception as error:  # keep going: every section is worth its device time
             print("section failed:", repr(error))
-    try:
-        model_layers(count_launches())
-    except Exception as error:
-        print("section failed:", repr(error))

@@ -27,10 +27,10 @@ step() {  # step NAME SECONDS COMMAND...: run, log, report
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
 $py -c "import numpy, numba, cupy, torch; from numba import cuda; print('numpy', numpy.__version__, 'numba', numba.__version__, 'cupy', cupy.__version__, 'torch', torch.__version__, 'cuda ok', cuda.is_available())"
 xdist=$($py -c "import xdist" 2>/dev/null && echo "-n 8")
-step tests "${TEST_LIMIT:-180}" $py -m pytest -m gpu tests -q -rf --tb=short $xdist -p no:cacheprovider
+step tests "${TEST_LIMIT:-180}" $py -m pytest -m "gpu or cudasim" tests -q -rf --tb=short $xdist -p no:cacheprovider
 step bench_crf 75 $py benchmarks/bench_crf.py --device gpu
 step bench_atrous 75 $py benchmarks/bench_atrous.py --device gpu
 step bench_model 75 $py benchmarks/bench_model.py --device gpu
 step bench_train 50 $py benchmarks/bench_train.py --device gpu
-step profile 60 $py benchmarks/profile_gpu.py
+step profile 120 $py benchmarks/profile_gpu.py
 exit $failed

@@ -10,7 +10,8 @@ CuPy or ``numba.cuda``; both are optional. Nothing moves between host and device
 caller asks for it with :func:`to_device`.
 
 Numba CUDA kernels are defined with ``backend.cuda.jit`` beside the function that calls
-them. Without a GPU they still run under Numba's CUDA simulator
+them, and queued with :func:`launch`, which hands them CuPy arrays without a
+synchronisation. Without a GPU they still run under Numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``), which takes NumPy arrays: :func:`cudasim` says whether it is on.
 """
 import os
@@ -29,7 +30,10 @@ except ImportError:  # pragma: no cover - depends on the machine
     cuda = None
 
 DEVICES = ("cpu", "gpu", "auto")
+THREADS = 128  # threads per block of a one-dimensional launch
 _warned_fallback = False
+_streams = {}  # CuPy stream pointer -> the Numba object for that stream
+_views = {}  # (device, address, shape, strides, dtype) -> Numba view, see numba_view
 
 
 def cudasim():
@@ -104,3 +108,46 @@ def to_device(x, device):
 def to_numpy(x):
     """``x`` as a NumPy array (copied from the GPU when it is a CuPy array)."""
     return cupy.asnumpy(x) if is_gpu_array(x) else np.asarray(x)
+
+
+def numba_view(x):
+    """A Numba device array viewing the CuPy array ``x`` (anything else is returned as it is).
+
+    Handed a CuPy array, Numba reads its ``__cuda_array_interface__``, which names CuPy's
+    current stream, and synchronises that stream first: the host waits for every kernel
+    queued so far, at every launch, and can never run ahead of the GPU. The view made here
+    leaves the stream out, so nothing waits; :func:`launch` keeps the order instead by
+    queueing on CuPy's stream.
+
+    A view is only an address, a shape, strides and a dtype, without a reference to the
+    memory's owner, so views are kept by those and reused: making one costs about 11 µs,
+    finding a kept one well under 1 µs (NVIDIA H100, numba-cuda 0.30). Memory freed and
+    handed to a new array of the same layout is seen correctly through the same view; the
+    caller keeps ``x`` alive while its kernels are queued, as for any CuPy array.
+    """
+    if not is_gpu_array(x):
+        return x
+    key = (x.device.id, x.data.ptr, x.shape, x.strides, x.dtype.char)
+    view = _views.get(key)
+    if view is None:
+        if len(_views) >= 4096:
+            _views.clear()
+        interface = dict(x.__cuda_array_interface__, stream=None)
+        view = _views[key] = cuda.from_cuda_array_interface(interface, owner=None, sync=False)
+    return view
+
+
+def launch(kernel, threads, *args):
+    """Queue the Numba CUDA ``kernel`` with ``args`` on CuPy's current stream, after the work
+    CuPy has queued there and without waiting for it (:func:`numba_view`).
+
+    ``threads`` is the number of threads, one per element, in blocks of :data:`THREADS`, or a
+    ``(grid, block)`` pair. Under the simulator the arguments are NumPy arrays and pass through.
+    """
+    grid, block = ((threads + THREADS - 1) // THREADS, THREADS) if isinstance(threads, int) else threads
+    stream = 0  # the default stream, which is CuPy's null stream
+    if cupy is not None and not cudasim():
+        pointer = cupy.cuda.get_current_stream().ptr
+        if pointer:
+            stream = _streams.get(pointer) or _streams.setdefault(pointer, cuda.external_stream(pointer))
+    kernel[grid, block, stream](*(numba_view(a) for a in args))

@@ -45,7 +45,6 @@ from numba import float32, int32, njit, prange
 from .. import backend
 
 HALF = np.float32(0.5)
-THREADS = 128
 # Lattice points have integer coordinates; float32 holds every integer exactly only up to
 # 2**24, so elevated coordinates beyond it no longer tell neighbouring vertices apart. Far
 # beyond it the int32 coordinates overflow and the simplex ranks leave 0..d, which would
@@ -531,7 +530,7 @@ def embed(features, kernels=None):
     if (kernels or ("cuda" if xp is not np else "numba")) == "numba":
         _embed_cpu(features, scale, elevated, rem0, rank, bary)
     else:
-        _embed_gpu[(n + THREADS - 1) // THREADS, THREADS](features, scale, elevated, rem0, rank, bary)
+        backend.launch(_embed_gpu, n, features, scale, elevated, rem0, rank, bary)
     return elevated, rem0, rank, bary
 
 
@@ -542,7 +541,7 @@ def _grid2(rows, cols):
     fastest took a memory sector per thread); the grid's x counts row blocks, which may
     exceed the 65 535 its y allows."""
     tc = min(cols, 32)
-    tr = max(1, THREADS // tc)
+    tr = max(1, backend.THREADS // tc)
     return ((rows + tr - 1) // tr, (cols + tc - 1) // tc), (tc, tr)
 
 
@@ -579,7 +578,6 @@ class LatticeFilter:
         self.d = d
         self.alpha = slice_alpha(d)
         _, rem0, rank, bary = embed(features, self.kernels)
-        blocks = (n + THREADS - 1) // THREADS
         self.weights = xp.ascontiguousarray(bary[:, :d + 1])
         # Vertex coordinates lie within d of rem0's; leave room for the blur's shifts of up to d.
         # one transfer; the copy into one contiguous run lets CuPy reduce it with CUB (on the
@@ -594,7 +592,7 @@ class LatticeFilter:
             if self.kernels == "numba":
                 _codes_cpu(rem0, rank, low, strides, codes)
             else:
-                _codes_gpu[blocks, THREADS](rem0, rank, low, strides, codes)
+                backend.launch(_codes_gpu, n, rem0, rank, low, strides, codes)
             self._number_sorted(codes, span)
         elif self.kernels == "numba":
             self.offsets, keys, table = _build_hash_table(rem0, rank)
@@ -605,7 +603,6 @@ class LatticeFilter:
                              "a vertex in 64 bits on the GPU; use larger sigmas or fewer feature channels")
         self.ones = xp.ones(n, dtype=np.float32)
         self._work = {}
-        self._views = {}
         self.self_weight = None if include_self else self._self_weights(rank)
 
     def _self_weights(self, rank):
@@ -615,7 +612,7 @@ class LatticeFilter:
         if self.kernels == "numba":
             _self_weight_cpu(*args)
         else:
-            _self_weight_gpu[(out.shape[0] + THREADS - 1) // THREADS, THREADS](*args)
+            backend.launch(_self_weight_gpu, out.shape[0], *args)
         return out
 
     def _number_sorted(self, codes, span):
@@ -701,32 +698,15 @@ class LatticeFilter:
                 src, dst = dst, src
             _slice_cpu(src, self.offsets, self.weights, self.alpha, out_scale, factor, out, accumulate)
         else:
-            v = self._view
-            _splat_gpu[_grid2(m, c)](v(values), v(in_scale), v(self.start), v(self.pixel), v(self.weight), v(src))
+            backend.launch(_splat_gpu, _grid2(m, c), values, in_scale, self.start, self.pixel, self.weight, src)
             for j in range(self.d + 1):
-                _blur_gpu[_grid2(m, c)](v(src), v(dst), v(self.neighbours[j]))
+                backend.launch(_blur_gpu, _grid2(m, c), src, dst, self.neighbours[j])
                 src, dst = dst, src
-            _slice_gpu[_grid2(n, c)](v(src), v(self.offsets), v(self.weights), self.alpha, v(out_scale), factor,
-                                     v(out), accumulate)
+            backend.launch(_slice_gpu, _grid2(n, c), src, self.offsets, self.weights, self.alpha, out_scale, factor,
+                           out, accumulate)
         if not self.include_self:
             out -= (factor * out_scale * self.self_weight * in_scale)[:, None] * values
         return out
-
-    def _view(self, x):
-        """The Numba CUDA view of a CuPy array, made once per buffer and kept (NumPy arrays, as
-        under the simulator, pass through). Numba re-reads a CuPy array's
-        ``__cuda_array_interface__`` at every launch, about 25 µs per array argument (measured
-        on an NVIDIA H200 with numba-cuda); with views a mean-field iteration launches its
-        kernels three times faster. A view keeps its array alive, so the cache is bounded."""
-        if not backend.is_gpu_array(x):
-            return x
-        key = (x.data.ptr, x.shape, x.strides, x.dtype.char)
-        view = self._views.get(key)
-        if view is None:
-            if len(self._views) >= 64:
-                self._views.clear()
-            view = self._views[key] = backend.cuda.as_cuda_array(x)
-        return view
 
     def __call__(self, values):
         """Filter ``values`` (N, C) float32; returns a new (N, C) float32 array."""

@@ -216,17 +216,14 @@ if cuda is not None:
             _lerp_row_backward_gpu(dout, r, frac, spans, dt)
 
 
-_THREADS = 128
-
-
 def _lerp_cuda(t, lo, hi, frac, out):
     """Launch the width-pass kernel (device arrays; NumPy arrays under the CUDA simulator)."""
-    _lerp_kernel[(out.shape[0] + _THREADS - 1) // _THREADS, _THREADS](t, lo, hi, frac, out)
+    backend.launch(_lerp_kernel, out.shape[0], t, lo, hi, frac, out)
 
 
 def _lerp_backward_cuda(dout, frac, spans, dt):
     """Launch the transposed width-pass kernel (device arrays, or NumPy under the simulator)."""
-    _lerp_backward_kernel[(dt.shape[0] + _THREADS - 1) // _THREADS, _THREADS](dout, frac, spans, dt)
+    backend.launch(_lerp_backward_kernel, dt.shape[0], dout, frac, spans, dt)
 
 
 def _numba_forward(t, w, align_corners):

@@ -224,17 +224,14 @@ if cuda is not None:
             dx[p, r, q] = acc
 
 
-_THREADS = 128
-
-
 def _forward_cuda(x, kh, kw, sh, sw, ph, pw, out, arg):
     """Launch the forward kernel (device arrays; NumPy arrays under the CUDA simulator)."""
-    _forward_kernel[(out.size + _THREADS - 1) // _THREADS, _THREADS](x, kh, kw, sh, sw, ph, pw, out, arg)
+    backend.launch(_forward_kernel, out.size, x, kh, kw, sh, sw, ph, pw, out, arg)
 
 
 def _backward_cuda(dout, arg, kh, kw, sh, sw, ph, pw, dx):
     """Launch the backward kernel (device arrays; NumPy arrays under the CUDA simulator)."""
-    _backward_kernel[(dx.size + _THREADS - 1) // _THREADS, _THREADS](dout, arg, kh, kw, sh, sw, ph, pw, dx)
+    backend.launch(_backward_kernel, dx.size, dout, arg, kh, kw, sh, sw, ph, pw, dx)
 
 
 def _numba_forward(x, ho, wo, geometry):

@@ -55,6 +55,7 @@ GRAD_CASES = [  # N, C, H, W, F, kh, kw, rate, stride, padding
     (1, 2, 9, 7, 3, 2, 3, 3, 1, (3, 1)),
     (2, 2, 8, 9, 2, 3, 2, 2, 2, 1),
     (1, 1, 6, 6, 1, 1, 1, 4, 1, 0),
+    (2, 3, 5, 4, 2, 1, 1, 1, 1, 0),       # 1×1 at stride 1: a GEMM per image ("shifted")
     (2, 3, 7, 8, 2, 3, 3, 1, 1, 1),       # 3×3 at rate 1: Winograd's case, odd and even sizes
     (1, 2, 6, 5, 3, 3, 3, 1, 1, (2, 0)),
 ]
@@ -116,6 +117,7 @@ def test_rate_one_is_an_ordinary_convolution(rng):
     (256, 256, 1, 4, 3, 81, "shifted"),    # rates above 2: the padding it multiplies dominates
     (512, 1024, 1, 12, 3, 41, "shifted"),  # LargeFOV's fc6
     (1024, 1024, 1, 1, 1, 41, "shifted"),  # fc7
+    (16, 64, 1, 1, 1, 81, "shifted"),      # a bottleneck's widening 1×1: a GEMM, no im2col copy
     (512, 21, 1, 6, 3, 41, "shifted"),     # ASPP's classifier branches
 ])
 def test_auto_method_picks_by_the_measured_rules(c, f, stride, rate, k, side, expected):

@@ -110,6 +110,8 @@ def auto_method(in_channels, out_channels, stride, rate, kernel_size=(3, 3), pix
     * ``"winograd"`` for a 3×3 kernel at stride 1 on the CPU: at rate 1 when C >= 128, or
       C >= 64 on at least 256×256 pixels; at rate 2 when C >= 256 and C·H·W >= 786 432
       (3·2¹⁸);
+    * ``"shifted"`` for a 1×1 kernel at stride 1, which it computes as one GEMM per image with
+      neither copies nor adds (an im2col would copy the input as it is);
     * otherwise ``"sparse"`` if m·C <= F·stride², else ``"shifted"``, with m = 2 at rate 1
       and m = 4 at higher rates.
 
@@ -141,6 +143,8 @@ def auto_method(in_channels, out_channels, stride, rate, kernel_size=(3, 3), pix
             (rate == 1 and (in_channels >= 128 or (in_channels >= 64 and pixels >= 256 * 256)))
             or (rate == 2 and in_channels >= 256 and in_channels * pixels >= 3 * 2**18)):
         return "winograd"
+    if tuple(kernel_size) == (1, 1) and stride == 1:
+        return "shifted"
     margin = 2 if rate == 1 else 4
     return "sparse" if margin * in_channels <= out_channels * stride ** 2 else "shifted"
 
@@ -440,6 +444,11 @@ def _deinterlace_backward(dy, ctx):
 # a0:a1 that the group reads (a third of the map for the outer rows of a rate-24 filter on
 # 33×33), a contiguous column range of x[n] seen as C × H·W. Each group holds as many tap
 # rows as fit in ``_BLOCK_BYTES`` (at least one) and reuses one buffer.
+#
+# On the CPU the shifted adds are NumPy slice operations, one per tap. On the GPU each slice
+# operation is a kernel launch, and launches, not arithmetic, bound a small network there:
+# one kernel adds all the taps of a group (_add_taps_kernel), and one gathers dy for all of
+# them in the backward (_gather_taps_kernel). 3×3 convolutions: 2 launches in place of 19.
 
 def _tap_ranges(rate, stride, pad, k, size_in, size_out):
     """For each tap t < k: the output slice i0:i1 whose input index stride·i + rate·t - pad
@@ -479,6 +488,9 @@ def _shifted_forward(x, w, rate, stride, padding):
     cols = _tap_ranges(rate, stride, padding[1], kw, wd, wo)
     groups = _tap_groups(x, w.shape, rows)
     w_taps = xp.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw * f, c)  # rows (u, v, f)
+    if (kh, kw, stride, *padding) == (1, 1, 1, 0, 0):  # pointwise: the one tap's GEMM is the output
+        y = xp.matmul(w_taps, x.reshape(n, c, h * wd)).reshape(n, f, h, wd)
+        return y, (x, w_taps, w.shape, rate, stride, padding, None, None, None)
     y = xp.zeros((n, f, ho, wo), x.dtype)
     z_buf = xp.empty(max((u1 - u0) * kw * f * (a1 - a0) * wd for u0, u1, a0, a1 in groups), x.dtype) if groups else None
     for i in range(n):
@@ -486,21 +498,47 @@ def _shifted_forward(x, w, rate, stride, padding):
             z = xp.matmul(w_taps[u0 * kw * f:u1 * kw * f], x[i, :, a0:a1].reshape(c, (a1 - a0) * wd),
                           out=z_buf[:(u1 - u0) * kw * f * (a1 - a0) * wd].reshape(-1, (a1 - a0) * wd))
             z = z.reshape(u1 - u0, kw, f, a1 - a0, wd)
-            for u in range(u0, u1):
-                for v in range(kw):
-                    if rows[u] is not None and cols[v] is not None:
-                        read = slice(rows[u][1].start - a0, rows[u][1].stop - a0, stride)
-                        y[i][:, rows[u][0], cols[v][0]] += z[u - u0, v][:, read, cols[v][1]]
-    return y, (x, w_taps, w.shape, stride, rows, cols, groups)
+            if xp is np:
+                _add_taps(z, y[i], u0, a0, rows, cols, stride)
+            else:
+                backend.launch(_add_taps_kernel, y[i].size, z, u0, a0, rate, stride, *padding, y[i])
+    return y, (x, w_taps, w.shape, rate, stride, padding, rows, cols, groups)
+
+
+def _add_taps(z, y, u0, a0, rows, cols, stride):
+    """y[:, out_rows_u, out_cols_v] += z[u − u0, v][:, in_rows_u − a0, in_cols_v] for the taps
+    (u, v) of a group, z its stacked GEMM output (u1−u0, kw, F, a1−a0, W) over input rows a0:a1."""
+    for u in range(u0, u0 + z.shape[0]):
+        for v in range(z.shape[1]):
+            if rows[u] is not None and cols[v] is not None:
+                read = slice(rows[u][1].start - a0, rows[u][1].stop - a0, stride)
+                y[:, rows[u][0], cols[v][0]] += z[u - u0, v][:, read, cols[v][1]]
+
+
+def _gather_taps(dy, u0, a0, rows, cols, stride, d):
+    """The adjoint's gather: d[u − u0, v][:, in_rows_u − a0, in_cols_v] = dy[:, out_rows_u,
+    out_cols_v] for the taps of a group, zero where a tap reads no output (d shaped as z above)."""
+    d[...] = 0
+    for u in range(u0, u0 + d.shape[0]):
+        for v in range(d.shape[1]):
+            if rows[u] is not None and cols[v] is not None:
+                read = slice(rows[u][1].start - a0, rows[u][1].stop - a0, stride)
+                d[u - u0, v][:, read, cols[v][1]] = dy[:, rows[u][0], cols[v][0]]
 
 
 def _shifted_backward(dy, ctx):
     """Per image and tap group: D[u, v] = dy moved back onto x's rows a0:a1 (zeros elsewhere),
     dx[n, :, a0:a1] += W_gᵀ @ D, dW_g += D @ x[n, :, a0:a1]ᵀ."""
-    x, w_taps, w_shape, stride, rows, cols, groups = ctx
+    x, w_taps, w_shape, rate, stride, padding, rows, cols, groups = ctx
     xp = backend.array_module(dy)
     n, c, h, wd = x.shape
     f, _, kh, kw = w_shape
+    if groups is None:  # pointwise: dx[n] = Wᵀ dy[n], dW = Σ_n dy[n] x[n]ᵀ
+        dy, x = dy.reshape(n, f, h * wd), x.reshape(n, c, h * wd)
+        dw = dy[0] @ x[0].T
+        for i in range(1, n):
+            dw += dy[i] @ x[i].T
+        return xp.matmul(w_taps.T, dy).reshape(n, c, h, wd), dw.reshape(w_shape)
     dx = xp.zeros_like(x)
     dw_taps = xp.zeros_like(w_taps)
     size = max(((u1 - u0) * kw * f * (a1 - a0) * wd for u0, u1, a0, a1 in groups), default=0)
@@ -510,12 +548,11 @@ def _shifted_backward(dy, ctx):
         for u0, u1, a0, a1 in groups:
             m = (a1 - a0) * wd
             d = d_buf[:(u1 - u0) * kw * f * m].reshape(u1 - u0, kw, f, a1 - a0, wd)
-            d[...] = 0
-            for u in range(u0, u1):
-                for v in range(kw):
-                    if rows[u] is not None and cols[v] is not None:
-                        read = slice(rows[u][1].start - a0, rows[u][1].stop - a0, stride)
-                        d[u - u0, v][:, read, cols[v][1]] = dy[i][:, rows[u][0], cols[v][0]]
+            if xp is np:
+                _gather_taps(dy[i], u0, a0, rows, cols, stride, d)
+            else:
+                backend.launch(_gather_taps_kernel, d.size, xp.ascontiguousarray(dy[i]), u0, a0, rate, stride,
+                               *padding, d)
             d = d.reshape(-1, m)
             w_g = w_taps[u0 * kw * f:u1 * kw * f]
             dx[i, :, a0:a1] += xp.matmul(w_g.T, d, out=dx_buf[:c * m].reshape(c, m)).reshape(c, a1 - a0, wd)
@@ -633,6 +670,42 @@ if cuda is not None:
             dxpad[n, c, p, q] += acc
 
     @cuda.jit
+    def _add_taps_kernel(z, u0, a0, rate, stride, ph, pw, y):
+        # y[f, i, j] += z[u − u0, v, f, r − a0, q] over the taps (u, v) of the group whose input
+        # pixel (r, q) = (stride·i + rate·u − ph, stride·j + rate·v − pw) lies in rows a0:a1 (all
+        # the rows those taps read) and columns 0..W−1: what _add_taps adds, summed in float64
+        t = cuda.grid(1)
+        if t < y.size:
+            f, i, j = t // (y.shape[1] * y.shape[2]), t // y.shape[2] % y.shape[1], t % y.shape[2]
+            acc = 0.0
+            for u in range(z.shape[0]):
+                r = stride * i + rate * (u0 + u) - ph - a0
+                if 0 <= r < z.shape[3]:
+                    for v in range(z.shape[1]):
+                        q = stride * j + rate * v - pw
+                        if 0 <= q < z.shape[4]:
+                            acc += z[u, v, f, r, q]
+            y[f, i, j] += acc
+
+    @cuda.jit
+    def _gather_taps_kernel(dy, u0, a0, rate, stride, ph, pw, d):
+        # d[u, v, f, r, q] = dy[f, i, j] for the output (i, j) that read input pixel (a0 + r, q)
+        # through tap (u0 + u, v), and 0 where none did: what _gather_taps writes
+        t = cuda.grid(1)
+        if t < d.size:
+            q = t % d.shape[4]
+            r = t // d.shape[4] % d.shape[3]
+            f = t // (d.shape[3] * d.shape[4]) % d.shape[2]
+            v = t // (d.shape[2] * d.shape[3] * d.shape[4]) % d.shape[1]
+            u = t // (d.shape[1] * d.shape[2] * d.shape[3] * d.shape[4])
+            di, dj = a0 + r + ph - rate * (u0 + u), q + pw - rate * v  # stride·i and stride·j
+            i, j = di // stride, dj // stride
+            if di >= 0 and dj >= 0 and di % stride == 0 and dj % stride == 0 and i < dy.shape[1] and j < dy.shape[2]:
+                d[u, v, f, r, q] = dy[f, i, j]
+            else:
+                d[u, v, f, r, q] = 0
+
+    @cuda.jit
     def _forward_kernel(xpad, w, rate, stride, y):
         t = cuda.grid(1)
         if t < y.size:
@@ -654,31 +727,23 @@ if cuda is not None:
             dw[f, c, u, v] = _dw_element_gpu(xpad, dy, c, f, u, v, rate, stride)
 
 
-_THREADS = 128
-
-
-def _launch(kernel, size):
-    """``kernel`` configured with one thread per element of an array of ``size`` elements."""
-    return kernel[(size + _THREADS - 1) // _THREADS, _THREADS]
-
-
 def _im2col_cuda(xpad, kh, kw, rate, stride, ho, r0, cols):
-    _launch(_im2col_kernel, cols.size)(xpad, kh, kw, rate, stride, ho, r0, cols)
+    backend.launch(_im2col_kernel, cols.size, xpad, kh, kw, rate, stride, ho, r0, cols)
 
 
 def _col2im_cuda(dcols, kh, kw, rate, stride, ho, r0, dxpad):
-    _launch(_col2im_kernel, dxpad.size)(dcols, kh, kw, rate, stride, ho, r0, dxpad)
+    backend.launch(_col2im_kernel, dxpad.size, dcols, kh, kw, rate, stride, ho, r0, dxpad)
 
 
 def _direct_forward_cuda(xpad, w, rate, stride, y):
     """Launch the forward kernel (device arrays; NumPy arrays under the CUDA simulator)."""
-    _launch(_forward_kernel, y.size)(xpad, w, rate, stride, y)
+    backend.launch(_forward_kernel, y.size, xpad, w, rate, stride, y)
 
 
 def _direct_backward_cuda(xpad, w, dy, rate, stride, dxpad, dw):
     """Launch the dx and dw kernels."""
-    _launch(_dx_kernel, dxpad.size)(dy, w, rate, stride, dxpad)
-    _launch(_dw_kernel, dw.size)(xpad, dy, rate, stride, dw)
+    backend.launch(_dx_kernel, dxpad.size, dy, w, rate, stride, dxpad)
+    backend.launch(_dw_kernel, dw.size, xpad, dy, rate, stride, dw)
 
 
 def _direct_forward(xpad, w, rate, stride):

@@ -5,6 +5,7 @@ import pytest
 
 from minilab import backend
 from minilab.gradcheck import numerical_gradient, relative_error
+from minilab.ops import norm
 from minilab.ops.norm import MODES, batch_norm_backward, batch_norm_forward
 
 
@@ -93,6 +94,24 @@ def test_bad_inputs(rng):
     out, cache = batch_norm_forward(x, gamma, beta, mean, var, mode="eval")
     with pytest.raises(ValueError, match="dout must have the forward output's shape"):
         batch_norm_backward(out[:1], cache)
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_kernels_match_the_array_expressions(mode, rng):
+    """The GPU's four kernels (run here on NumPy arrays, under the simulator when there is no
+    GPU) give the NumPy expressions' output, running statistics and gradients."""
+    x, gamma, beta, mean, var = make(rng, (2, 3, 4, 5))
+    stats, stats_k = (mean.copy(), var.copy()), (mean.copy(), var.copy())
+    out, cache = batch_norm_forward(x, gamma, beta, *stats, mode=mode, momentum=0.3, eps=1e-3)
+    out_k, cache_k = norm._forward_kernels(x, gamma, beta, *stats_k, mode, 0.3, 1e-3)
+    np.testing.assert_allclose(out_k, out, rtol=1e-12, atol=1e-12)
+    for ours, expected in zip(stats_k, stats):
+        np.testing.assert_allclose(ours, expected, rtol=1e-12)
+    dout = rng.standard_normal(x.shape)
+    grads = batch_norm_backward(dout, cache)
+    for ours, expected in zip(norm._backward_kernels(dout, *cache_k), grads):
+        np.testing.assert_allclose(ours, expected, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.gpu

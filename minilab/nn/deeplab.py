@@ -42,7 +42,7 @@ class DeepLab(Module):
         validate.float_array("x", x, ndim=4)
         if x.shape[1] != 3:
             raise ValueError(f"x must have 3 channels (N×3×H×W), got shape {tuple(x.shape)}")
-        dtype = self.parameters()[0].data.dtype
+        dtype = next(self.named_parameters())[1].data.dtype  # the first only: no walk of the whole tree
         if x.dtype != dtype:
             raise TypeError(f"x is {x.dtype} but the model's parameters are {dtype}: pass x.astype({dtype.name}) "
                             f"or convert the model with .to(dtype=...)")

@@ -498,7 +498,7 @@ def _shifted_forward(x, w, rate, stride, padding):
             z = xp.matmul(w_taps[u0 * kw * f:u1 * kw * f], x[i, :, a0:a1].reshape(c, (a1 - a0) * wd),
                           out=z_buf[:(u1 - u0) * kw * f * (a1 - a0) * wd].reshape(-1, (a1 - a0) * wd))
             z = z.reshape(u1 - u0, kw, f, a1 - a0, wd)
-            if xp is np:
+            if xp is np or cuda is None:  # CuPy without numba-cuda: the slices, one launch each
                 _add_taps(z, y[i], u0, a0, rows, cols, stride)
             else:
                 backend.launch(_add_taps_kernel, y[i].size, z, u0, a0, rate, stride, *padding, y[i])
@@ -548,7 +548,7 @@ def _shifted_backward(dy, ctx):
         for u0, u1, a0, a1 in groups:
             m = (a1 - a0) * wd
             d = d_buf[:(u1 - u0) * kw * f * m].reshape(u1 - u0, kw, f, a1 - a0, wd)
-            if xp is np:
+            if xp is np or cuda is None:
                 _gather_taps(dy[i], u0, a0, rows, cols, stride, d)
             else:
                 backend.launch(_gather_taps_kernel, d.size, xp.ascontiguousarray(dy[i]), u0, a0, rate, stride,

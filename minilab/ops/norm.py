@@ -28,7 +28,7 @@ In every mode ``dgamma = sum(dy · x̂)`` and ``dbeta = sum(dy)`` over N, H, W.
 NumPy arrays go through the array expressions below. On CuPy arrays the same expressions
 would launch about 26 kernels per layer (forward and backward), each a few per-channel
 numbers or one pass over the maps, and a small network on a GPU is bound by its launches:
-there the forward is two Numba CUDA kernels (statistics of every channel, then the
+there (with numba-cuda installed) the forward is two Numba CUDA kernels (statistics of every channel, then the
 normalisation) and the backward two more (the sums, then dx), tested against the array
 expressions.
 """
@@ -86,7 +86,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, mode,
         raise ValueError(f"mode='train' needs more than one value per channel, got x of shape {tuple(x.shape)}")
     if mode != "train" and bool((running_var < 0).any()):
         raise ValueError("running_var must be >= 0")
-    if xp is not np:
+    if xp is not np and cuda is not None:  # without numba-cuda, CuPy runs the expressions below
         return _forward_kernels(x, gamma, beta, running_mean, running_var, mode, momentum, eps)
     if mode == "train":
         mu = x.mean(axis=(0, 2, 3))
@@ -118,7 +118,7 @@ def batch_norm_backward(dout, cache):
     """
     xhat, gamma, inv_std, mode = cache
     upstream_gradient(dout, xhat.shape, xhat.dtype)
-    if backend.is_gpu_array(dout):
+    if backend.is_gpu_array(dout) and cuda is not None:
         return _backward_kernels(dout, xhat, gamma, inv_std, mode)
     dbeta = dout.sum(axis=(0, 2, 3))
     dgamma = (dout * xhat).sum(axis=(0, 2, 3))

@@ -35,15 +35,22 @@ def float_array(name, x, ndim=None, finite=True):
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
     if x.dtype not in FLOATS:
         raise TypeError(f"{name} must be float32 or float64, got dtype {x.dtype}")
-    if finite and not getattr(_scans, "off", False) and not bool(backend.array_module(x).isfinite(x).all()):
+    if finite and scans_on() and not bool(backend.array_module(x).isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinity")
     return x
 
 
+def scans_on():
+    """False inside :func:`finite_scans_off` on this thread: whether checks that read every
+    value of an array (and so, on a GPU, wait for it) run."""
+    return not getattr(_scans, "off", False)
+
+
 @contextlib.contextmanager
 def finite_scans_off():
-    """Within this block (on this thread) :func:`float_array` skips its NaN/infinity scan;
-    the type, dtype and shape checks stay.
+    """Within this block (on this thread) :func:`float_array` skips its NaN/infinity scan,
+    and batch normalisation its check that the running variance is >= 0; the type, dtype
+    and shape checks stay.
 
     A network checks its input once and runs its layers inside this block: otherwise each
     layer's op scans its input again, an extra pass over memory per op and, on a GPU, a

@@ -68,8 +68,10 @@ def test_validate_messages():
 
 def test_finite_scans_off_skips_only_the_scan():
     bad = np.array([1.0, np.nan])
+    assert validate.scans_on()
     with validate.finite_scans_off():
         assert validate.float_array("x", bad) is bad
+        assert not validate.scans_on()
         with validate.finite_scans_off():  # nests
             pass
         validate.float_array("x", bad)  # still off after the inner block
@@ -81,6 +83,7 @@ def test_finite_scans_off_skips_only_the_scan():
         validate.float_array("x", bad)
     with pytest.raises(RuntimeError), validate.finite_scans_off():
         raise RuntimeError  # the scan comes back after an exception too
+    assert validate.scans_on()
     with pytest.raises(ValueError, match="x contains NaN"):
         validate.float_array("x", bad)
 

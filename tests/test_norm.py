@@ -98,10 +98,12 @@ def test_bad_inputs(rng):
 
 @pytest.mark.cudasim
 @pytest.mark.parametrize("mode", MODES)
-def test_cuda_kernels_match_the_array_expressions(mode, rng):
-    """The GPU's four kernels (run here on NumPy arrays, under the simulator when there is no
-    GPU) give the NumPy expressions' output, running statistics and gradients."""
-    x, gamma, beta, mean, var = make(rng, (2, 3, 4, 5))
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 2, 17, 19)])  # 40 values per channel; 646 > _BLOCK
+def test_cuda_kernels_match_the_array_expressions(mode, shape, rng):
+    """The GPU's two kernels (run here on NumPy arrays, under the simulator when there is no
+    GPU) give the NumPy expressions' output, running statistics and gradients, also where a
+    block's threads each take several values of their channel."""
+    x, gamma, beta, mean, var = make(rng, shape)
     stats, stats_k = (mean.copy(), var.copy()), (mean.copy(), var.copy())
     out, cache = batch_norm_forward(x, gamma, beta, *stats, mode=mode, momentum=0.3, eps=1e-3)
     out_k, cache_k = norm._forward_kernels(x, gamma, beta, *stats_k, mode, 0.3, 1e-3)

@@ -202,7 +202,8 @@ class Module:
         KeyError
             ``strict`` and a key is missing or unexpected; the message lists them.
         ValueError
-            A key whose array has the wrong shape, or holds NaN or infinity (always an error).
+            A key whose array has the wrong shape, or holds NaN or infinity, or a
+            ``running_var`` with a negative entry (always an error).
         """
         own = OrderedDict(self._named_state())
         missing = [k for k in own if k not in state]
@@ -217,6 +218,10 @@ class Module:
         bad = [k for k in own if k in state and not bool(backend.array_module(state[k]).isfinite(state[k]).all())]
         if bad:
             raise ValueError(f"state_dict has NaN or infinity in {bad}")
+        # checked here once, not at each forward (validate.finite_scans_off): variances are >= 0
+        negative = [k for k in own if k in state and k.endswith("running_var") and bool((state[k] < 0).any())]
+        if negative:
+            raise ValueError(f"state_dict has negative variances in {negative}")
         for key, value in own.items():
             if key not in state:
                 continue

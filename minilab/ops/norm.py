@@ -28,8 +28,9 @@ In every mode ``dgamma = sum(dy · x̂)`` and ``dbeta = sum(dy)`` over N, H, W.
 NumPy arrays go through the array expressions below. On CuPy arrays the same expressions
 would launch about 26 kernels per layer (forward and backward), each a few per-channel
 numbers or one pass over the maps, and a small network on a GPU is bound by its launches:
-there (with numba-cuda installed) the forward is two Numba CUDA kernels (statistics of every channel, then the
-normalisation) and the backward two more (the sums, then dx), tested against the array
+there (with numba-cuda installed) the forward is one Numba CUDA kernel and the backward
+another, a block per channel that reduces the channel and then applies the result to it
+(statistics, then the normalisation; the sums, then dx), tested against the array
 expressions.
 """
 import math
@@ -84,7 +85,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, mode,
     m = x.shape[0] * x.shape[2] * x.shape[3]
     if mode == "train" and m < 2:
         raise ValueError(f"mode='train' needs more than one value per channel, got x of shape {tuple(x.shape)}")
-    if mode != "train" and bool((running_var < 0).any()):
+    if mode != "train" and validate.scans_on() and bool((running_var < 0).any()):
         raise ValueError("running_var must be >= 0")
     if xp is not np and cuda is not None:  # without numba-cuda, CuPy runs the expressions below
         return _forward_kernels(x, gamma, beta, running_mean, running_var, mode, momentum, eps)
@@ -132,35 +133,29 @@ def batch_norm_backward(dout, cache):
 
 
 
-# ---- the GPU's kernels: the same equations, four launches per layer ----------------------
-# Maps are seen as (N, C, H·W). A reduction runs one block of _BLOCK threads per channel, in
-# float64; the elementwise kernels run one thread per value.
+# ---- the GPU's kernels: the same equations, one launch per layer and direction ------------
+# Maps are seen as (N, C, H·W). Block c of _BLOCK threads handles channel c: it reduces the
+# channel's statistics or sums in float64, then applies them to the channel's values, so the
+# per-channel numbers never leave the block and never need a second launch.
 
 def _forward_kernels(x, gamma, beta, running_mean, running_var, mode, momentum, eps):
-    """:func:`batch_norm_forward` in two kernels (arguments checked by it)."""
+    """:func:`batch_norm_forward` in one kernel (arguments checked by it)."""
     xp = backend.array_module(x)
     n, c, h, w = x.shape
     planes = xp.ascontiguousarray(x).reshape(n, c, h * w)
-    if mode == "train":
-        mu, inv_std = xp.empty(c, x.dtype), xp.empty(c, x.dtype)
-        backend.launch(_statistics_kernel, (c, _BLOCK), planes, eps, momentum, running_mean, running_var, mu, inv_std)
-    else:
-        mu, inv_std = running_mean, 1 / xp.sqrt(running_var + eps)
-    xhat, out = xp.empty_like(planes), xp.empty_like(planes)
-    backend.launch(_normalize_kernel, planes.size, planes, mu, inv_std, gamma, beta, xhat, out)
+    inv_std, xhat, out = xp.empty(c, x.dtype), xp.empty_like(planes), xp.empty_like(planes)
+    backend.launch(_forward_kernel, (c, _BLOCK), planes, mode == "train", eps, momentum,
+                   running_mean, running_var, gamma, beta, inv_std, xhat, out)
     return out.reshape(x.shape), (xhat.reshape(x.shape), gamma, inv_std, mode)
 
 
 def _backward_kernels(dout, xhat, gamma, inv_std, mode):
-    """:func:`batch_norm_backward` in two kernels."""
+    """:func:`batch_norm_backward` in one kernel."""
     xp = backend.array_module(dout)
     n, c, h, w = xhat.shape
     planes, xhat = xp.ascontiguousarray(dout).reshape(n, c, h * w), xhat.reshape(n, c, h * w)
-    dbeta, dgamma = xp.empty(c, dout.dtype), xp.empty(c, dout.dtype)
-    backend.launch(_sums_kernel, (c, _BLOCK), planes, xhat, dbeta, dgamma)
-    dx = xp.empty_like(planes)
-    m = n * h * w if mode == "train" else 0
-    backend.launch(_input_grad_kernel, planes.size, planes, xhat, gamma, inv_std, dbeta, dgamma, m, dx)
+    dbeta, dgamma, dx = xp.empty(c, dout.dtype), xp.empty(c, dout.dtype), xp.empty_like(planes)
+    backend.launch(_backward_kernel, (c, _BLOCK), planes, xhat, gamma, inv_std, mode == "train", dbeta, dgamma, dx)
     return dx.reshape(n, c, h, w), dgamma, dbeta
 
 
@@ -182,48 +177,49 @@ if cuda is not None:
         return total
 
     @cuda.jit
-    def _statistics_kernel(x, eps, momentum, running_mean, running_var, mu, inv_std):
-        # block c: mu = mean(x_c), var = mean((x_c − mu)²) (two passes), inv_std = 1/sqrt(var + eps),
-        # running_mean ← (1 − momentum)·running_mean + momentum·mu, and running_var likewise
-        # with the unbiased var·M/(M − 1)
+    def _forward_kernel(x, train, eps, momentum, running_mean, running_var, gamma, beta, inv_std, xhat, out):
+        # block c, train: mu = mean(x_c), var = mean((x_c − mu)²) (two passes), and
+        #   running_mean ← (1 − momentum)·running_mean + momentum·mu, running_var likewise
+        #   with the unbiased var·M/(M − 1); otherwise mu, var = running_mean_c, running_var_c.
+        # Then inv_std_c = 1/sqrt(var + eps), xhat = (x_c − mu)·inv_std_c, out = gamma_c·xhat + beta_c
         c, t = cuda.blockIdx.x, cuda.threadIdx.x
         buf = cuda.shared.array(_BLOCK, float64)
         hw = x.shape[2]
         m = x.shape[0] * hw
-        total = 0.0
-        for k in range(t, m, _BLOCK):
-            total += x[k // hw, c, k % hw]
-        mean = _block_sum(buf, total) / m
-        total = 0.0
-        for k in range(t, m, _BLOCK):
-            deviation = x[k // hw, c, k % hw] - mean
-            total += deviation * deviation
-        var = _block_sum(buf, total) / m
+        if train:  # the same for the whole block, so its threads all reach _block_sum's barriers
+            total = 0.0
+            for k in range(t, m, _BLOCK):
+                total += x[k // hw, c, k % hw]
+            mean = _block_sum(buf, total) / m
+            total = 0.0
+            for k in range(t, m, _BLOCK):
+                deviation = x[k // hw, c, k % hw] - mean
+                total += deviation * deviation
+            var = _block_sum(buf, total) / m
+            if t == 0:
+                running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean
+                running_var[c] = (1 - momentum) * running_var[c] + momentum * var * m / (m - 1)
+        else:
+            mean, var = 1.0 * running_mean[c], 1.0 * running_var[c]
+        scale = 1 / math.sqrt(var + eps)
         if t == 0:
-            mu[c] = mean
-            inv_std[c] = 1 / math.sqrt(var + eps)
-            running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean
-            running_var[c] = (1 - momentum) * running_var[c] + momentum * var * m / (m - 1)
+            inv_std[c] = scale
+        for k in range(t, m, _BLOCK):
+            value = (x[k // hw, c, k % hw] - mean) * scale
+            xhat[k // hw, c, k % hw] = value
+            out[k // hw, c, k % hw] = gamma[c] * value + beta[c]
 
     @cuda.jit
-    def _normalize_kernel(x, mu, inv_std, gamma, beta, xhat, out):
-        # xhat = (x − mu_c)·inv_std_c, out = gamma_c·xhat + beta_c
-        e = cuda.grid(1)
-        if e < x.size:
-            c, hw = x.shape[1], x.shape[2]
-            n, ch, k = e // (c * hw), e // hw % c, e % hw
-            value = (x[n, ch, k] - mu[ch]) * inv_std[ch]
-            xhat[n, ch, k] = value
-            out[n, ch, k] = gamma[ch] * value + beta[ch]
-
-    @cuda.jit
-    def _sums_kernel(dout, xhat, dbeta, dgamma):
-        # block c: dbeta_c = Σ dout_c, dgamma_c = Σ dout_c·xhat_c
+    def _backward_kernel(dout, xhat, gamma, inv_std, train, dbeta, dgamma, dx):
+        # block c: dbeta_c = Σ dout_c, dgamma_c = Σ dout_c·xhat_c, then
+        # dx = gamma_c·inv_std_c·(dout − dbeta_c/M − xhat·dgamma_c/M) over the M values of
+        # channel c (train), dx = gamma_c·inv_std_c·dout with the running statistics
         c, t = cuda.blockIdx.x, cuda.threadIdx.x
         buf = cuda.shared.array(_BLOCK, float64)
         hw = dout.shape[2]
+        m = dout.shape[0] * hw
         total, weighted = 0.0, 0.0
-        for k in range(t, dout.shape[0] * hw, _BLOCK):
+        for k in range(t, m, _BLOCK):
             g = dout[k // hw, c, k % hw]
             total += g
             weighted += g * xhat[k // hw, c, k % hw]
@@ -232,16 +228,9 @@ if cuda is not None:
         if t == 0:
             dbeta[c] = total
             dgamma[c] = weighted
-
-    @cuda.jit
-    def _input_grad_kernel(dout, xhat, gamma, inv_std, dbeta, dgamma, m, dx):
-        # dx = gamma_c·inv_std_c·(dout − dbeta_c/M − xhat·dgamma_c/M) with M = m values per
-        # channel ("train"), dx = gamma_c·inv_std_c·dout when m = 0 (running statistics)
-        e = cuda.grid(1)
-        if e < dout.size:
-            c, hw = dout.shape[1], dout.shape[2]
-            n, ch, k = e // (c * hw), e // hw % c, e % hw
-            g = 1.0 * dout[n, ch, k]
-            if m > 0:
-                g -= (dbeta[ch] + xhat[n, ch, k] * dgamma[ch]) / m
-            dx[n, ch, k] = gamma[ch] * inv_std[ch] * g
+        scale = gamma[c] * inv_std[c]
+        for k in range(t, m, _BLOCK):
+            g = 1.0 * dout[k // hw, c, k % hw]
+            if train:
+                g -= (total + xhat[k // hw, c, k % hw] * weighted) / m
+            dx[k // hw, c, k % hw] = scale * g

@@ -27,6 +27,32 @@ def test_to_device_round_trip():
     np.testing.assert_array_equal(backend.to_device(g, "cpu"), x)
 
 
+@pytest.mark.gpu
+def test_launch_keeps_the_order_of_cupy_work_on_the_current_stream():
+    """A Numba kernel queued by backend.launch runs after the CuPy work queued before it and
+    before the work queued after it, on the null stream and on another, and a kept launch
+    configuration is not reused for another grid or another stream."""
+    cp, cuda = backend.cupy, backend.cuda
+
+    @cuda.jit
+    def add_one(x):
+        i = cuda.grid(1)
+        if i < x.size:
+            x[i] += 1
+
+    for stream in (cp.cuda.Stream.null, cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True)):
+        with stream:
+            for size in (1 << 22, 1000, 1 << 22):  # a long first kernel would expose a race
+                a = cp.zeros(size, np.float32)
+                a += 1
+                backend.launch(add_one, a.size, a)
+                a *= 3
+                backend.launch(add_one, (1, backend.THREADS), a[:backend.THREADS])
+                expected = np.full(size, 6, np.float32)  # (0 + 1 + 1)·3
+                expected[:backend.THREADS] = 7
+                np.testing.assert_array_equal(cp.asnumpy(a), expected)  # asnumpy waits for the stream
+
+
 def test_resolve_device():
     assert backend.resolve_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="device"):

@@ -109,6 +109,26 @@ def test_blocked_im2col_gives_the_unblocked_result(stride, rng, monkeypatch):
             np.testing.assert_allclose(ga, gb, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+def test_shifted_with_tap_rows_of_only_padding_and_one_row_per_group(rng, monkeypatch):
+    """A 4×3 kernel at rate 2 with padding 3 on 3 rows: tap rows 0 and 3 read only padding,
+    and with one tap row per group they form no group, so nothing writes their rows of dw but
+    the zeros they start from; the first group (tap row 1) reads only rows 0:2 of x, so dx
+    is not all written by its GEMM either."""
+    monkeypatch.setattr(atrous, "_BLOCK_BYTES", {"cpu": 1, "gpu": 1})
+    x, w = rng.standard_normal((2, 2, 3, 5)), rng.standard_normal((3, 2, 4, 3))
+    y, cache = atrous_conv2d_forward(x, w, rate=2, padding=(3, 2), method="shifted")
+    assert cache[1][-1] == [(1, 2, 0, 2), (2, 3, 1, 3)]  # the groups (u0, u1, a0, a1)
+    y_ref, cache_ref = atrous_conv2d_forward(x, w, rate=2, padding=(3, 2), method="direct")
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    for _ in range(3):
+        np.full(w.size, 7.0), np.full(x.size, 7.0)  # freed: NumPy's cache may hand them out uninitialised
+        got, want = atrous_conv2d_backward(dy, cache)[:2], atrous_conv2d_backward(dy, cache_ref)[:2]
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert not got[1][:, :, [0, 3]].any() and got[1][:, :, 1:3].all()
+
+
 def test_winograd_layers_interleaved_share_work_buffers_safely(rng):
     """A network runs every layer's forward, then every backward in reverse: Winograd's
     per-thread work buffers (grown, shrunk views, reused) must not leak one layer into another."""

@@ -539,13 +539,17 @@ def _shifted_backward(dy, ctx):
         for i in range(1, n):
             dw += dy[i] @ x[i].T
         return xp.matmul(w_taps.T, dy).reshape(n, c, h, wd), dw.reshape(w_shape)
-    dx = xp.zeros_like(x)
-    dw_taps = xp.zeros_like(w_taps)
+    # The first GEMM into a block of dx or dW writes it rather than adding to zeros: the first
+    # group's, when it reads every row of x, for dx[n]; the first image's for each group's rows
+    # of dW, which need zeros first only when a tap row reads nothing but padding (no group).
+    whole = bool(groups) and groups[0][2:] == (0, h)
+    dx = xp.empty_like(x) if whole else xp.zeros_like(x)
+    dw_taps = xp.empty_like(w_taps) if sum(u1 - u0 for u0, u1, _, _ in groups) == kh else xp.zeros_like(w_taps)
     size = max(((u1 - u0) * kw * f * (a1 - a0) * wd for u0, u1, a0, a1 in groups), default=0)
     d_buf = xp.empty(size, x.dtype)
     dx_buf = xp.empty(c * h * wd, x.dtype)
     for i in range(n):
-        for u0, u1, a0, a1 in groups:
+        for g, (u0, u1, a0, a1) in enumerate(groups):
             m = (a1 - a0) * wd
             d = d_buf[:(u1 - u0) * kw * f * m].reshape(u1 - u0, kw, f, a1 - a0, wd)
             if xp is np or cuda is None:
@@ -554,9 +558,15 @@ def _shifted_backward(dy, ctx):
                 backend.launch(_gather_taps_kernel, d.size, xp.ascontiguousarray(dy[i]), u0, a0, rate, stride,
                                *padding, d)
             d = d.reshape(-1, m)
-            w_g = w_taps[u0 * kw * f:u1 * kw * f]
-            dx[i, :, a0:a1] += xp.matmul(w_g.T, d, out=dx_buf[:c * m].reshape(c, m)).reshape(c, a1 - a0, wd)
-            dw_taps[u0 * kw * f:u1 * kw * f] += d @ x[i, :, a0:a1].reshape(c, m).T
+            w_g, dw_g = w_taps[u0 * kw * f:u1 * kw * f], dw_taps[u0 * kw * f:u1 * kw * f]
+            if g == 0 and whole:
+                xp.matmul(w_g.T, d, out=dx[i].reshape(c, m))
+            else:
+                dx[i, :, a0:a1] += xp.matmul(w_g.T, d, out=dx_buf[:c * m].reshape(c, m)).reshape(c, a1 - a0, wd)
+            if i == 0:
+                xp.matmul(d, x[i, :, a0:a1].reshape(c, m).T, out=dw_g)
+            else:
+                dw_g += d @ x[i, :, a0:a1].reshape(c, m).T
     return dx, xp.ascontiguousarray(dw_taps.reshape(kh, kw, f, c).transpose(2, 3, 0, 1))
 
 

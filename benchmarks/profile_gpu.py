@@ -59,6 +59,8 @@ def launch_costs():
         "numba kernel, 3 numba device arrays": lambda: add3[8, 128](*views[:3]),
         "numba kernel, 8 CuPy arrays": lambda: add8[8, 128](*arrays),
         "numba kernel, 8 numba device arrays": lambda: add8[8, 128](*views),
+        "backend.launch, 3 CuPy arrays": lambda: backend.launch(add3, 1024, *arrays[:3]),
+        "backend.launch, 8 CuPy arrays": lambda: backend.launch(add8, 1024, *arrays),
         "cuda.as_cuda_array of one CuPy array": lambda: cuda.as_cuda_array(arrays[0]),
         "CuPy add(a, b, out=c)": lambda: cp.add(arrays[0], arrays[1], out=arrays[2]),
         "CuPy strided slice += slice": lambda: arrays[2][1:500:2].__iadd__(arrays[3][2:501:2]),

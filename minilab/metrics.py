@@ -26,9 +26,7 @@ from . import backend, validate
 
 def _label_array(name, x):
     """Check that ``x`` is an integer NumPy or CuPy array with at least one element."""
-    validate.array(name, x)
-    if x.dtype == bool or not np.issubdtype(x.dtype, np.integer):
-        raise TypeError(f"{name} must have an integer dtype, got dtype {x.dtype}")
+    validate.label_array(name, x)
     if x.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
     return x

@@ -66,6 +66,14 @@ def finite_scans_off():
         _scans.off = before
 
 
+def label_array(name, x):
+    """Check that ``x`` is a NumPy or CuPy array of an integer dtype (not bool); returns it."""
+    array(name, x)
+    if x.dtype == bool or not np.issubdtype(x.dtype, np.integer):
+        raise TypeError(f"{name} must have an integer dtype, got dtype {x.dtype}")
+    return x
+
+
 def integer(name, value, minimum=None):
     """Check that ``value`` is an integer (not a bool) no smaller than ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

@@ -90,6 +90,10 @@ def test_validate_messages():
         validate.pair("padding", (1, -1))
     with pytest.raises(ValueError, match="method must be one of"):
         validate.choice("method", "fft", {"sparse", "zeros"})
+    assert validate.label_array("labels", np.zeros(3, np.uint8)) is not None
+    for bad in (np.zeros(3, bool), np.zeros(3, np.float32)):
+        with pytest.raises(TypeError, match=f"labels must have an integer dtype, got dtype {bad.dtype}"):
+            validate.label_array("labels", bad)
 
 
 def test_finite_scans_off_skips_only_the_scan():

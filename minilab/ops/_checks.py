@@ -1,8 +1,6 @@
 """Argument checks shared by the ops in this package (beside minilab.validate)."""
 import numbers
 
-import numpy as np
-
 from .. import validate
 
 
@@ -23,11 +21,3 @@ def unit_interval(name, value):
     if not 0 <= value <= 1:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
     return float(value)
-
-
-def label_array(name, labels):
-    """Check that ``labels`` is a NumPy or CuPy array of an integer dtype."""
-    validate.array(name, labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
-    return labels

@@ -42,7 +42,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import backend, validate
-from ._checks import label_array, upstream_gradient
+from ._checks import upstream_gradient
 
 cuda = backend.cuda
 
@@ -285,7 +285,7 @@ def downsample_labels(labels, factor=None, *, size=None):
     -------
     ndarray of the same dtype, shape (..., h, w); a copy.
     """
-    label_array("labels", labels)
+    validate.label_array("labels", labels)
     if labels.ndim < 2:
         raise ValueError(f"labels must have at least 2 dimensions (..., H, W), got shape {tuple(labels.shape)}")
     if (factor is None) == (size is None):

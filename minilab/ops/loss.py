@@ -17,7 +17,7 @@ so a crop that happens to contain only unlabelled pixels does not stop training.
 import numpy as np
 
 from .. import backend, validate
-from ._checks import label_array, upstream_gradient
+from ._checks import upstream_gradient
 from .activations import log_softmax_forward
 
 
@@ -39,7 +39,7 @@ def softmax_cross_entropy_forward(logits, labels, ignore_index=255):
     cache : tuple, for :func:`softmax_cross_entropy_backward`
     """
     validate.float_array("logits", logits, ndim=4)
-    label_array("labels", labels)
+    validate.label_array("labels", labels)
     n, c, h, w = logits.shape
     if tuple(labels.shape) != (n, h, w):
         raise ValueError(f"labels must have shape (N, h, w) = {(n, h, w)} to match logits "

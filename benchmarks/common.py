@@ -122,9 +122,12 @@ def peak_mib(fn):
 def write_results(name, rows, notes=""):
     """Print ``rows`` (a list of dicts with the same keys) as a table and save it.
 
-    Writes ``results/<name>.json`` and ``results/<name>.md`` with the machine named.
+    Writes ``results/<name>.json`` and ``results/<name>.md`` with the machine named. The
+    Markdown table leaves out a column that is NaN in every row (one measured only on the
+    CPU, in a GPU run); the JSON keeps it.
     """
-    header = list(rows[0])
+    empty = lambda k: all(isinstance(r[k], float) and r[k] != r[k] for r in rows)
+    header = [k for k in rows[0] if not empty(k)]
     fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(r[k]) for k in header) + " |" for r in rows]

@@ -168,6 +168,22 @@ def test_constants_and_identity_are_preserved(align_corners, rng):
     np.testing.assert_array_equal(bilinear_resize_forward(y, (5, 6), align_corners=align_corners)[0], y)
 
 
+def test_kept_matrices_are_read_only_and_kept_apart_by_dtype_and_convention(rng):
+    """The interpolation matrices are made once and shared between calls: a caller cannot
+    write into one, and each size, convention and dtype has its own."""
+    x = rng.standard_normal((1, 2, 5, 6))
+    out, (_, a_h, *_) = bilinear_resize_forward(x, (9, 4), align_corners=True)
+    assert bilinear_resize_forward(x, (9, 4), align_corners=True)[1][1] is a_h
+    with pytest.raises(ValueError, match="read-only"):
+        a_h[0, 0] = 7
+    out32, cache32 = bilinear_resize_forward(x.astype(np.float32), (9, 4), align_corners=True)
+    assert out32.dtype == cache32[1].dtype == np.float32
+    np.testing.assert_allclose(out32, out, rtol=1e-5, atol=1e-5)
+    _, cache_half = bilinear_resize_forward(x, (9, 4), align_corners=False)
+    np.testing.assert_array_equal(cache_half[1], interp.interpolation_matrix(9, 5, False))
+    np.testing.assert_array_equal(a_h, interp.interpolation_matrix(9, 5, True))
+
+
 def test_aligned_upsampling_by_8_puts_score_pixel_i_on_image_pixel_8i(rng):
     x = rng.standard_normal((1, 4, 41, 41)).astype(np.float32)
     out, _ = bilinear_resize_forward(x, (321, 321), align_corners=True)

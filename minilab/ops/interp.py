@@ -37,6 +37,7 @@ repeat the edge pixel, which is exactly the clamping); ``"mirror"``, ``"wrap"`` 
 constant modes differ at the borders when upsampling.
 """
 import collections
+import functools
 
 import numpy as np
 from numba import njit, prange
@@ -78,6 +79,28 @@ def interpolation_matrix(n_out, n_in, align_corners, dtype=np.float64):
     return a
 
 
+@functools.lru_cache(maxsize=128)
+def _kept_matrix(n_out, n_in, align_corners, dtype, gpu):
+    """:func:`interpolation_matrix`, made once per size, convention, dtype and device
+    (``gpu``: a CUDA device id, or None for NumPy) and shared: read only.
+
+    A network resizes to the same few sizes again and again; on a GPU each fresh matrix is
+    an upload from pageable host memory, which first waits for all the work queued on the
+    stream, so the host could not run ahead of the device past a resize.
+    """
+    a = interpolation_matrix(n_out, n_in, align_corners, dtype)
+    if gpu is None:
+        a.flags.writeable = False
+        return a
+    with backend.cupy.cuda.Device(gpu):
+        return backend.cupy.asarray(a)
+
+
+def _matrix_like(t, n_out, n_in, align_corners):
+    """The kept interpolation matrix on ``t``'s device, in ``t``'s dtype."""
+    return _kept_matrix(n_out, n_in, align_corners, t.dtype, t.device.id if backend.is_gpu_array(t) else None)
+
+
 def bilinear_resize_forward(x, size, *, align_corners, method=None):
     """Resize ``N×C×H×W`` maps to ``size = (h, w)`` by bilinear interpolation.
 
@@ -109,9 +132,8 @@ def bilinear_resize_forward(x, size, *, align_corners, method=None):
     if method is None:
         method = "matmul" if backend.is_gpu_array(x) else "numba"
     validate.choice("method", method, METHODS)
-    xp = backend.array_module(x)
     n, c, hin, win = x.shape
-    a_h = xp.asarray(interpolation_matrix(h, hin, align_corners, x.dtype))
+    a_h = _matrix_like(x, h, hin, align_corners)
     # Height first on the small input, as one GEMM; then the width, over all N*C*h rows.
     t = _left_multiply(a_h, x.reshape(n * c, hin, win)).reshape(n * c * h, win)
     out, width = METHODS[method].forward(t, w, align_corners)
@@ -154,8 +176,7 @@ def _left_multiply(a, t):
 # the output once instead of multiplying by a matrix that is almost all zeros.
 
 def _matmul_forward(t, w, align_corners):
-    xp = backend.array_module(t)
-    a_w = xp.asarray(interpolation_matrix(w, t.shape[1], align_corners, t.dtype))
+    a_w = _matrix_like(t, w, t.shape[1], align_corners)
     return t @ a_w.T, a_w
 
 

@@ -106,13 +106,13 @@ def test_cuda_kernels_match_the_array_expressions(mode, shape, rng):
     x, gamma, beta, mean, var = make(rng, shape)
     stats, stats_k = (mean.copy(), var.copy()), (mean.copy(), var.copy())
     out, cache = batch_norm_forward(x, gamma, beta, *stats, mode=mode, momentum=0.3, eps=1e-3)
-    out_k, cache_k = norm._forward_kernels(x, gamma, beta, *stats_k, mode, 0.3, 1e-3)
+    out_k, cache_k = norm._gpu_forward(x, gamma, beta, *stats_k, mode, 0.3, 1e-3)
     np.testing.assert_allclose(out_k, out, rtol=1e-12, atol=1e-12)
     for ours, expected in zip(stats_k, stats):
         np.testing.assert_allclose(ours, expected, rtol=1e-12)
     dout = rng.standard_normal(x.shape)
     grads = batch_norm_backward(dout, cache)
-    for ours, expected in zip(norm._backward_kernels(dout, *cache_k), grads):
+    for ours, expected in zip(norm._gpu_backward(dout, *cache_k), grads):
         np.testing.assert_allclose(ours, expected, rtol=1e-10, atol=1e-12)
 
 

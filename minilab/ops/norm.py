@@ -88,7 +88,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, mode,
     if mode != "train" and validate.scans_on() and bool((running_var < 0).any()):
         raise ValueError("running_var must be >= 0")
     if xp is not np and cuda is not None:  # without numba-cuda, CuPy runs the expressions below
-        return _forward_kernels(x, gamma, beta, running_mean, running_var, mode, momentum, eps)
+        return _gpu_forward(x, gamma, beta, running_mean, running_var, mode, momentum, eps)
     if mode == "train":
         mu = x.mean(axis=(0, 2, 3))
         var = x.var(axis=(0, 2, 3))
@@ -120,7 +120,7 @@ def batch_norm_backward(dout, cache):
     xhat, gamma, inv_std, mode = cache
     upstream_gradient(dout, xhat.shape, xhat.dtype)
     if backend.is_gpu_array(dout) and cuda is not None:
-        return _backward_kernels(dout, xhat, gamma, inv_std, mode)
+        return _gpu_backward(dout, xhat, gamma, inv_std, mode)
     dbeta = dout.sum(axis=(0, 2, 3))
     dgamma = (dout * xhat).sum(axis=(0, 2, 3))
     scale = (gamma * inv_std)[:, None, None]
@@ -138,7 +138,7 @@ def batch_norm_backward(dout, cache):
 # channel's statistics or sums in float64, then applies them to the channel's values, so the
 # per-channel numbers never leave the block and never need a second launch.
 
-def _forward_kernels(x, gamma, beta, running_mean, running_var, mode, momentum, eps):
+def _gpu_forward(x, gamma, beta, running_mean, running_var, mode, momentum, eps):
     """:func:`batch_norm_forward` in one kernel (arguments checked by it)."""
     xp = backend.array_module(x)
     n, c, h, w = x.shape
@@ -149,7 +149,7 @@ def _forward_kernels(x, gamma, beta, running_mean, running_var, mode, momentum, 
     return out.reshape(x.shape), (xhat.reshape(x.shape), gamma, inv_std, mode)
 
 
-def _backward_kernels(dout, xhat, gamma, inv_std, mode):
+def _gpu_backward(dout, xhat, gamma, inv_std, mode):
     """:func:`batch_norm_backward` in one kernel."""
     xp = backend.array_module(dout)
     n, c, h, w = xhat.shape

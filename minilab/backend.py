@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - depends on the machine
 DEVICES = ("cpu", "gpu", "auto")
 THREADS = 128  # threads per block of a one-dimensional launch
 _warned_fallback = False
-_configured = {}  # (kernel, grid, block, CuPy stream pointer) -> configured kernel, see launch
+_streams = {}  # CuPy stream pointer -> the Numba object for that stream
 _views = {}  # (device, address, shape, strides, dtype) -> Numba view, see numba_view
 
 
@@ -143,25 +143,11 @@ def launch(kernel, threads, *args):
 
     ``threads`` is the number of threads, one per element, in blocks of :data:`THREADS`, or a
     ``(grid, block)`` pair. Under the simulator the arguments are NumPy arrays and pass through.
-
-    The configured kernel (``kernel[grid, block, stream]``) is kept by kernel, grid, block
-    and stream: Numba builds it anew at each launch otherwise, checking the dimensions and
-    wrapping the stream each time. It is built without Numba's advice on low occupancy,
-    which every grid under 128 blocks draws: the grids here are the size of the data (one
-    block per channel, one thread per value) and a small input cannot be given more.
     """
     grid, block = ((threads + THREADS - 1) // THREADS, THREADS) if isinstance(threads, int) else threads
-    if cudasim():  # the simulator's kernel[...] sets the grid on the kernel itself: nothing to keep
-        kernel[grid, block](*args)
-        return
-    pointer = cupy.cuda.get_current_stream().ptr if cupy is not None else 0
-    key = (kernel, grid, block, pointer)
-    configured = _configured.get(key)
-    if configured is None:
-        if len(_configured) >= 4096:
-            _configured.clear()
-        stream = cuda.external_stream(pointer) if pointer else 0  # 0: the default stream, CuPy's null stream
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Grid size .* low occupancy")
-            configured = _configured[key] = kernel[grid, block, stream]
-    configured(*(numba_view(a) for a in args))
+    stream = 0  # the default stream, which is CuPy's null stream
+    if cupy is not None and not cudasim():
+        pointer = cupy.cuda.get_current_stream().ptr
+        if pointer:
+            stream = _streams.get(pointer) or _streams.setdefault(pointer, cuda.external_stream(pointer))
+    kernel[grid, block, stream](*(numba_view(a) for a in args))

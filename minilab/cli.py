@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # One BLAS thread unless the user chose otherwise (before NumPy loads OpenBLAS): the small
@@ -35,11 +36,23 @@ def main(argv=None):
     """Run the ``minilab`` command line with ``argv`` (default ``sys.argv[1:]``); returns 0."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    silence_occupancy_advice()
     try:
         args.run(args)
     except USER_ERRORS as error:
         parser.exit(2, f"minilab {args.command}: error: {error}\n")
     return 0
+
+
+def silence_occupancy_advice():
+    """Hide numba-cuda's warning at the first launch of each grid under 128 blocks.
+
+    The commands' grids are the size of their data (batch norm runs a block per channel)
+    and their user cannot change them. The message may start with colour codes, hence the
+    leading ``.*``. Set by the command, not on import: a program using minilab keeps its own
+    warning filters.
+    """
+    warnings.filterwarnings("ignore", message=r".*Grid size \d+ will likely result in GPU under-utilization")
 
 
 def build_parser():

@@ -30,8 +30,8 @@ def test_to_device_round_trip():
 @pytest.mark.gpu
 def test_launch_keeps_the_order_of_cupy_work_on_the_current_stream():
     """A Numba kernel queued by backend.launch runs after the CuPy work queued before it and
-    before the work queued after it, on the null stream and on another, and a kept launch
-    configuration is not reused for another grid or another stream."""
+    before the work queued after it, on the null stream and on two others, and a launch
+    configuration Numba keeps is not reused for another grid or another stream."""
     cp, cuda = backend.cupy, backend.cuda
 
     @cuda.jit

@@ -1,4 +1,6 @@
 """The ``minilab`` command, run through ``main([...])`` on tiny files."""
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -117,3 +119,13 @@ def test_voc_palette():
     assert palette[15].tolist() == [192, 128, 128] and palette[20].tolist() == [0, 64, 128]
     assert palette[255].tolist() == [224, 224, 192]
     assert len({tuple(c) for c in palette}) == 256
+
+
+def test_the_command_hides_only_numbas_low_occupancy_advice():
+    message = "Grid size {} will likely result in GPU under-utilization due to low occupancy."
+    with warnings.catch_warnings(record=True) as caught:
+        cli.silence_occupancy_advice()
+        warnings.warn(message.format(16), UserWarning)
+        warnings.warn("\x1b[1m" + message.format(17) + "\x1b[0m", UserWarning)  # as colorama prints it
+        warnings.warn("Grid size is not the only warning", UserWarning)
+    assert [str(w.message) for w in caught] == ["Grid size is not the only warning"]

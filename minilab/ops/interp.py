@@ -84,16 +84,18 @@ def _kept_matrix(n_out, n_in, align_corners, dtype, gpu):
     """:func:`interpolation_matrix`, made once per size, convention, dtype and device
     (``gpu``: a CUDA device id, or None for NumPy) and shared: read only.
 
-    A network resizes to the same few sizes again and again; on a GPU each fresh matrix is
-    an upload from pageable host memory, which first waits for all the work queued on the
-    stream, so the host could not run ahead of the device past a resize.
+    A network resizes to the same few sizes again and again; each fresh matrix was built in
+    NumPy and, on a GPU, copied through a pinned staging buffer, host work at every resize.
+    The copy is waited for once, so that work on any other stream may read the matrix.
     """
     a = interpolation_matrix(n_out, n_in, align_corners, dtype)
     if gpu is None:
         a.flags.writeable = False
         return a
     with backend.cupy.cuda.Device(gpu):
-        return backend.cupy.asarray(a)
+        a = backend.cupy.asarray(a)
+        backend.cupy.cuda.get_current_stream().synchronize()
+        return a
 
 
 def _matrix_like(t, n_out, n_in, align_corners):

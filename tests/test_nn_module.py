@@ -113,7 +113,9 @@ def test_nn_load_state_dict_errors_name_the_keys():
     nan = dict(state, **{"backbone.bn1.running_var": np.full(8, np.nan)})
     with pytest.raises(ValueError, match="NaN or infinity in \\['backbone.bn1.running_var'\\]"):
         model.load_state_dict(nan)
-    negative = dict(state, **{"backbone.bn1.running_var": np.full(8, -1.0)})
+    model.load_state_dict(dict(state, **{"backbone.bn1.running_var": [2.0] * 8}))  # array-likes are accepted
+    np.testing.assert_array_equal(model.state_dict()["backbone.bn1.running_var"], 2.0)
+    negative = dict(state, **{"backbone.bn1.running_var": [1.0] * 7 + [-1.0]})
     with pytest.raises(ValueError, match="negative variances in \\['backbone.bn1.running_var'\\]"):
         model.load_state_dict(negative)
 

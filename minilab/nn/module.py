@@ -219,7 +219,8 @@ class Module:
         if bad:
             raise ValueError(f"state_dict has NaN or infinity in {bad}")
         # checked here once, not at each forward (validate.finite_scans_off): variances are >= 0
-        negative = [k for k in own if k in state and k.endswith("running_var") and bool((state[k] < 0).any())]
+        negative = [k for k in own if k in state and k.endswith("running_var")
+                    and bool((backend.array_module(state[k]).asarray(state[k]) < 0).any())]
         if negative:
             raise ValueError(f"state_dict has negative variances in {negative}")
         for key, value in own.items():

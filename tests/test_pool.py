@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from minilab import backend
+from minilab import backend, validate
 from minilab.gradcheck import numerical_gradient, relative_error
 from minilab.ops import pool
 from minilab.ops.pool import METHODS, max_pool2d_backward, max_pool2d_forward
@@ -21,9 +21,9 @@ def loop_pool(x, kernel, stride, padding, ceil_mode, dout):
     def size(length, k, s, p):
         span = length + 2 * p - k
         if not ceil_mode:
-            return span // s + 1
+            return max(span // s + 1, 0)
         o = int(np.ceil(span / s)) + 1
-        return o - 1 if (o - 1) * s >= length + p else o
+        return max(o - 1 if (o - 1) * s >= length + p else o, 0)
 
     ho, wo = size(h, kh, sh, ph), size(w, kw, sw, pw)
     out = np.zeros((n, c, ho, wo))
@@ -32,11 +32,13 @@ def loop_pool(x, kernel, stride, padding, ceil_mode, dout):
         for ch in range(c):
             for i in range(ho):
                 for j in range(wo):
-                    best, where = -np.inf, None
+                    best, where = None, None  # the first maximum; a NaN beats any number
                     for a in range(kh):
                         for bb in range(kw):
                             r, q = i * sh - ph + a, j * sw - pw + bb
-                            if 0 <= r < h and 0 <= q < w and x[b, ch, r, q] > best:
+                            if 0 <= r < h and 0 <= q < w and (
+                                    where is None or x[b, ch, r, q] > best
+                                    or (np.isnan(x[b, ch, r, q]) and not np.isnan(best))):
                                 best, where = x[b, ch, r, q], (r, q)
                     out[b, ch, i, j] = best
                     dx[b, ch, where[0], where[1]] += dout[b, ch, i, j]
@@ -58,17 +60,22 @@ def test_matches_loop_reference(kernel, stride, padding, ceil_mode, method, rng)
 @settings(max_examples=20, deadline=None)
 @given(h=st.integers(1, 11), w=st.integers(1, 11), k=st.integers(1, 4), s=st.integers(1, 3),
        p=st.integers(0, 2), ceil_mode=st.booleans(), levels=st.sampled_from([3, 1000]),
-       seed=st.integers(0, 2**16))
-def test_random_shapes_and_ties_match_loop_reference(h, w, k, s, p, ceil_mode, levels, seed):
+       special=st.booleans(), seed=st.integers(0, 2**16))
+def test_random_shapes_and_ties_match_loop_reference(h, w, k, s, p, ceil_mode, levels, special, seed):
     p = min(p, k // 2)
-    if h + 2 * p < k or w + 2 * p < k:
-        return
     g = np.random.default_rng(seed)
     x = g.integers(0, levels, size=(1, 2, h, w)).astype(np.float64)  # levels=3: many ties
+    if special:  # NaN and -inf, as inside a diverging network (where the finite scans are off)
+        x[g.random(x.shape) < 0.2] = np.nan
+        x[g.random(x.shape) < 0.3] = -np.inf
+    dout = g.standard_normal((1, 2, h + 2 * p, w + 2 * p))  # at least as big as the output
+    ref_out, ref_dx = loop_pool(x, k, s, p, ceil_mode, dout)
+    if 0 in ref_out.shape:
+        return
+    dout = dout[:, :, :ref_out.shape[2], :ref_out.shape[3]]
     for method in METHODS:
-        out, cache = max_pool2d_forward(x, k, s, p, ceil_mode=ceil_mode, method=method)
-        dout = g.standard_normal(out.shape)
-        ref_out, ref_dx = loop_pool(x, k, s, p, ceil_mode, dout)
+        with validate.finite_scans_off():
+            out, cache = max_pool2d_forward(x, k, s, p, ceil_mode=ceil_mode, method=method)
         np.testing.assert_array_equal(out, ref_out)
         np.testing.assert_allclose(max_pool2d_backward(dout, cache), ref_dx, rtol=1e-14, atol=1e-14)
 
@@ -105,6 +112,26 @@ def test_ties_go_to_the_first_pixel_and_padding_never_wins(method):
     np.testing.assert_array_equal(out, -1)
     dx = max_pool2d_backward(np.ones_like(out), cache)
     np.testing.assert_array_equal(dx, [[[[1, 0, 0], [0, 0, 0], [0, 0, 0]]]])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_nan_wins_and_minus_infinity_beats_padding(method):
+    x = np.array([[[[1.0, np.nan], [np.nan, 3.0]], [[-np.inf, -np.inf], [-np.inf, -np.inf]]]])
+    with validate.finite_scans_off():  # as inside a network
+        out, cache = max_pool2d_forward(x, 2, 1, 1, method=method)
+    np.testing.assert_array_equal(out[0, 0], [[1, np.nan, np.nan], [np.nan, np.nan, np.nan], [np.nan, np.nan, 3]])
+    np.testing.assert_array_equal(out[0, 1], -np.inf)
+    dx = max_pool2d_backward(np.ones_like(out), cache)
+    np.testing.assert_array_equal(dx[0, 0], [[1, 4], [3, 1]])  # the first NaN of each window
+    np.testing.assert_array_equal(dx[0, 1], [[4, 2], [2, 1]])  # the first pixel inside x
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_ceil_mode_takes_an_input_smaller_than_the_kernel(method):
+    x = np.arange(6.0).reshape(1, 1, 2, 3)
+    out, cache = max_pool2d_forward(x, 4, 3, 0, ceil_mode=True, method=method)  # torch and Caffe: 1×1
+    np.testing.assert_array_equal(out, [[[[5]]]])
+    np.testing.assert_array_equal(max_pool2d_backward(np.ones_like(out), cache), [[[[0, 0, 0], [0, 0, 1]]]])
 
 
 @pytest.mark.parametrize("h", [321, 320, 41, 2, 1])
@@ -157,7 +184,9 @@ def test_non_contiguous_input(rng):
 def test_cuda_kernels_match_the_cpu_kernels(kernel, stride, padding, rng):
     """The @cuda.jit twins, launched on NumPy arrays (CUDA simulator) or on a real GPU."""
     x = rng.integers(0, 4, size=(2, 2, 9, 8)).astype(np.float32)  # ties included
-    out, (_, arg, _, _, geometry) = max_pool2d_forward(x, kernel, stride, padding)
+    x[0, 0, 2:4, 3], x[1, 1] = np.nan, -np.inf
+    with validate.finite_scans_off():
+        out, (_, arg, _, _, geometry) = max_pool2d_forward(x, kernel, stride, padding)
     dout = rng.standard_normal(out.shape).astype(np.float32)
     dx = max_pool2d_backward(dout, ("numba", arg, x.shape, x.dtype, geometry))
     planes = x.reshape(4, 9, 8)

@@ -6,14 +6,16 @@ other three pool with stride 2. For output pixel ``(i, j)`` of channel ``c``,
 
     out[n, c, i, j] = max_{0 <= a < kh, 0 <= b < kw} xpad[n, c, s_h i + a, s_w j + b],
 
-where ``xpad`` is ``x`` padded with ``-inf`` (padding never wins the max). The backward pass
-sends ``dout[n, c, i, j]`` to the one input pixel that won, the first in row-major window
-order when several are equal, and adds up what reaches each input pixel (windows overlap
-when the stride is smaller than the kernel).
+where ``xpad`` is ``x`` padded with ``-inf`` (padding never wins the max, even against an
+input of ``-inf``). NaN wins over any number, as in PyTorch, so a diverging network's NaNs
+reach its loss. The backward pass sends ``dout[n, c, i, j]`` to the one input pixel that won,
+the first in row-major window order when several are equal (or NaN), and adds up what
+reaches each input pixel (windows overlap when the stride is smaller than the kernel).
 
 Output size (``ceil_mode=False``, PyTorch's default): ``floor((H + 2p - k) / s) + 1``.
 ``ceil_mode=True`` (Caffe's rule, which DeepLab's prototxts use): ``ceil((H + 2p - k) / s) + 1``,
-minus one if the last window would start inside the bottom padding. For the 3×3, stride-2,
+minus one if the last window would start inside the bottom padding; it also takes an input
+smaller than the kernel, whose one window is cut short by the image's end. For the 3×3, stride-2,
 pad-1 pools of DeepLab both give ``ceil(H / 2)`` for odd ``H`` (321 → 161 → 81 → 41); they
 differ by one for even ``H``.
 
@@ -30,7 +32,6 @@ Two implementations, registered in :data:`METHODS`, give identical results:
     input; the backward pass adds ``dout`` back offset by offset.
 """
 import collections
-import math
 
 import numpy as np
 from numba import njit, prange
@@ -105,10 +106,8 @@ def max_pool2d_backward(dout, cache):
 def _output_size(size, k, s, p, ceil_mode):
     """``floor`` or Caffe's ``ceil`` output size (module docstring)."""
     span = size + 2 * p - k
-    if span < 0:
-        return 0
     if not ceil_mode:
-        return span // s + 1
+        return max(span // s + 1, 0)
     out = -(-span // s) + 1
     if (out - 1) * s >= size + p:  # the last window would start in the padding
         out -= 1
@@ -125,16 +124,22 @@ def _xp_forward(x, ho, wo, geometry):
     hp, wp = max(h + 2 * ph, (ho - 1) * sh + kh), max(w + 2 * pw, (wo - 1) * sw + kw)
     xpad = xp.full((n, c, hp, wp), -np.inf, dtype=x.dtype)
     xpad[:, :, ph:ph + h, pw:pw + w] = x
+    inside = xp.zeros((hp, wp), dtype=bool)  # which padded pixels are x's
+    inside[ph:ph + h, pw:pw + w] = True
     best = arg = None
     for a in range(kh):
         for b in range(kw):
-            v = xpad[:, :, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
+            window = (slice(a, a + sh * (ho - 1) + 1, sh), slice(b, b + sw * (wo - 1) + 1, sw))
+            v, v_inside = xpad[(..., *window)], inside[window]
             if best is None:
-                best, arg = v.copy(), xp.zeros(v.shape, dtype=np.int32)
+                best, arg, best_inside = v.copy(), xp.zeros(v.shape, dtype=np.int32), v_inside.copy()
                 continue
-            wins = v > best  # strict: on ties the earlier offset keeps the gradient
+            # strict: on ties the earlier offset keeps the gradient; a NaN beats a number; and
+            # x's pixels beat padding, which matters only where x is -inf
+            wins = v_inside & ((v > best) | (xp.isnan(v) & ~xp.isnan(best)) | ~best_inside)
             xp.copyto(best, v, where=wins)
             xp.copyto(arg, a * kw + b, where=wins)
+            best_inside |= v_inside
     return best, arg
 
 
@@ -162,13 +167,15 @@ def _xp_backward(dout, arg, x_shape, geometry):
 # gathers from the windows that contain it (no atomics).
 
 def _pool_element(x, p, i, j, kh, kw, sh, sw, ph, pw, out, arg):
-    """Window (i, j) of plane p: write its first maximum and that offset a·kw + b."""
+    """Window (i, j) of plane p: write its first maximum (or first NaN) and that offset a·kw + b."""
     r0, q0 = i * sh - ph, j * sw - pw  # the window's top-left corner, maybe in the padding
-    best, where = -math.inf, 0
-    for a in range(max(0, -r0), min(kh, x.shape[1] - r0)):  # offsets inside the image only
-        for b in range(max(0, -q0), min(kw, x.shape[2] - q0)):
-            if x[p, r0 + a, q0 + b] > best:
-                best, where = x[p, r0 + a, q0 + b], a * kw + b
+    a0, b0 = max(0, -r0), max(0, -q0)  # its first pixel inside the image starts the scan
+    best, where = x[p, r0 + a0, q0 + b0], a0 * kw + b0
+    for a in range(a0, min(kh, x.shape[1] - r0)):  # offsets inside the image only
+        for b in range(b0, min(kw, x.shape[2] - q0)):
+            v = x[p, r0 + a, q0 + b]
+            if v > best or (v != v and best == best):  # v != v: v is NaN
+                best, where = v, a * kw + b
     out[p, i, j] = best
     arg[p, i, j] = where
 

@@ -215,6 +215,10 @@ def test_bad_inputs():
         bilinear_resize_forward(x[0], 8, align_corners=True)
     with pytest.raises(ValueError, match="NaN"):
         bilinear_resize_forward(np.full_like(x, np.nan), 8, align_corners=True)
+    for empty in (x[:, :, :0], x[:, :, :, :0]):  # nothing to interpolate from
+        for method in METHODS:
+            with pytest.raises(ValueError, match="x must have a height and width of at least 1"):
+                bilinear_resize_forward(empty, 3, align_corners=False, method=method)
     with pytest.raises(ValueError, match="size"):
         bilinear_resize_forward(x, (0, 8), align_corners=True)
     with pytest.raises(ValueError, match="size"):
@@ -291,6 +295,8 @@ def test_downsample_labels_bad_inputs():
         downsample_labels(labels, 0)
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         downsample_labels(labels[0], 2)
+    with pytest.raises(ValueError, match="H, W >= 1"):
+        downsample_labels(labels[..., :0], size=2)
     with pytest.raises(TypeError, match="labels must be a NumPy"):
         downsample_labels([[1, 2]], 2)
 

@@ -128,6 +128,8 @@ def bilinear_resize_forward(x, size, *, align_corners, method=None):
     cache : tuple, for :func:`bilinear_resize_backward`
     """
     validate.float_array("x", x, ndim=4)
+    if min(x.shape[2:]) < 1:
+        raise ValueError(f"x must have a height and width of at least 1, got shape {tuple(x.shape)}")
     h, w = validate.pair("size", size, minimum=1)
     if not isinstance(align_corners, bool):
         raise TypeError(f"align_corners must be True or False, got {align_corners!r}")
@@ -309,8 +311,9 @@ def downsample_labels(labels, factor=None, *, size=None):
     ndarray of the same dtype, shape (..., h, w); a copy.
     """
     validate.label_array("labels", labels)
-    if labels.ndim < 2:
-        raise ValueError(f"labels must have at least 2 dimensions (..., H, W), got shape {tuple(labels.shape)}")
+    if labels.ndim < 2 or min(labels.shape[-2:]) < 1:
+        raise ValueError(f"labels must have at least 2 dimensions (..., H, W) with H, W >= 1, "
+                         f"got shape {tuple(labels.shape)}")
     if (factor is None) == (size is None):
         raise ValueError("give exactly one of factor and size")
     if factor is not None:

@@ -52,6 +52,25 @@ def test_nn_multiscale_gradients_through_the_max(rng):
     assert list(multi.state_dict()) == list(model.state_dict())
 
 
+def test_nn_multiscale_of_a_module_that_holds_its_own_parameters():
+    conv = nn.Conv2d(3, 2, 3, padding=1, dtype=np.float64)
+    multi = nn.MultiScale(conv, scales=(0.5, 1.0))
+    assert list(multi.state_dict()) == ["weight", "bias"]
+    assert [id(p) for p in multi.parameters()] == [id(conv.weight), id(conv.bias)]
+    assert list(multi.modules()) == [multi, conv]
+    assert multi.receptive_field() == conv.receptive_field() == (3, 1)
+    multi.to(dtype=np.float32).eval()
+    assert conv.weight.data.dtype == np.float32 and not conv.training
+
+
+def test_nn_multiscale_sizes_are_exact_for_scales_rounded_in_binary():
+    seen = []
+    model = nn.Sequential()
+    model.forward = lambda x: seen.append(x.shape[2:]) or x
+    nn.MultiScale(model, scales=(0.29, 0.57, 1.0)).forward(np.zeros((1, 1, 101, 101)))
+    assert seen == [(30, 30), (58, 58), (101, 101)]  # (101 - 1)·s + 1, though 100 · 0.29 < 29
+
+
 def test_nn_multiscale_fuses_by_max(rng):
     model = nn.deeplab("tiny-vgg-largefov", num_classes=3, dtype=np.float64, seed=5).eval()
     x = rng.standard_normal((1, 3, 49, 49))

@@ -8,6 +8,8 @@ pixel-wise maximum (§3.2, "multi-scale inputs"). :func:`receptive_field` measur
 window of input pixels one output unit sees; :func:`table1_fov` is the "FOV" column of
 Table 1.
 """
+import math
+
 import numpy as np
 
 from .. import backend, validate
@@ -92,17 +94,24 @@ class MultiScale(Module):
     def children(self):
         return self.model.children()
 
-    def train(self, mode=True):
-        self.training = bool(mode)
-        self.model.train(mode)
-        return self
+    def modules(self):
+        yield self
+        yield from self.model.modules()
+
+    def _named_state(self, prefix=""):
+        return self.model._named_state(prefix)  # the model's own parameters too, by its names
+
+    def receptive_field(self, rf=1, jump=1):
+        return self.model.receptive_field(rf, jump)
 
     def forward(self, x):
         validate.float_array("x", x, ndim=4)
         h, w = x.shape[2:]
         self._branches, scores = [], []
         for s in self.scales:
-            size = (int((h - 1) * s) + 1, int((w - 1) * s) + 1)
+            # floor((H-1)·s) + 1, the floor taken with a margin for s's binary rounding
+            # (100 · 0.29 is 28.999999999999996 in floating point)
+            size = (math.floor((h - 1) * s + 1e-9) + 1, math.floor((w - 1) * s + 1e-9) + 1)
             down = None
             xs = x
             if size != (h, w):

@@ -111,13 +111,36 @@ def test_nn_load_state_dict_errors_name_the_keys():
     with pytest.raises(ValueError, match="backbone.conv1.weight: expected \\(8, 3, 7, 7\\), got \\(8, 3, 3, 3\\)"):
         model.load_state_dict(bad, strict=False)
     nan = dict(state, **{"backbone.bn1.running_var": np.full(8, np.nan)})
-    with pytest.raises(ValueError, match="NaN or infinity in \\['backbone.bn1.running_var'\\]"):
+    with pytest.raises(ValueError, match="'backbone.bn1.running_var'\\] has NaN or infinity"):
         model.load_state_dict(nan)
+    overflow = dict(state, **{"backbone.bn1.running_mean": np.full(8, 1e39)})  # inf once in float32
+    with pytest.raises(ValueError, match="'backbone.bn1.running_mean'\\] has NaN or infinity \\(as float32\\)"):
+        small_model(np.float32).load_state_dict(overflow)
+    with pytest.raises(TypeError, match="'backbone.bn1.running_mean'\\] must hold real numbers"):
+        model.load_state_dict(dict(state, **{"backbone.bn1.running_mean": np.full(8, 1 + 1j)}))
+    with pytest.raises(ValueError, match="'backbone.bn1.num_batches_tracked'\\] must hold integers"):
+        model.load_state_dict(dict(state, **{"backbone.bn1.num_batches_tracked": np.array(3.7)}))
     model.load_state_dict(dict(state, **{"backbone.bn1.running_var": [2.0] * 8}))  # array-likes are accepted
     np.testing.assert_array_equal(model.state_dict()["backbone.bn1.running_var"], 2.0)
     negative = dict(state, **{"backbone.bn1.running_var": [1.0] * 7 + [-1.0]})
-    with pytest.raises(ValueError, match="negative variances in \\['backbone.bn1.running_var'\\]"):
+    with pytest.raises(ValueError, match="'backbone.bn1.running_var'\\] has negative variances"):
         model.load_state_dict(negative)
+
+
+def test_nn_load_state_dict_writes_in_place_and_all_or_nothing():
+    bn = nn.BatchNorm2d(2)
+    live, snapshot = bn.state_dict(), {k: v.copy() for k, v in bn.state_dict().items()}
+    bn.load_state_dict({k: np.full_like(v, 5) for k, v in snapshot.items()})
+    assert all((v == 5).all() for v in live.values())  # parameters and buffers alike
+    bn.load_state_dict(snapshot)  # a copied snapshot restores everything
+    for key, value in bn.state_dict().items():
+        np.testing.assert_array_equal(value, snapshot[key])
+    bad = {k: np.full_like(v, 7) for k, v in snapshot.items()}
+    bad["running_var"] = np.array([1.0, -1.0])
+    with pytest.raises(ValueError, match="negative variances"):
+        bn.load_state_dict(bad)
+    for key, value in bn.state_dict().items():  # the keys before it were not written either
+        np.testing.assert_array_equal(value, snapshot[key])
 
 
 def test_nn_load_torchvision_style_backbone_weights(tmp_path):

@@ -174,14 +174,16 @@ class Module:
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self):
-        """Ordered ``name -> array`` of every parameter and buffer (the arrays themselves)."""
+        """Ordered ``name -> array`` of every parameter and buffer: the arrays themselves, not
+        copies, so they change as the model trains or loads."""
         return OrderedDict((name, value.data if isinstance(value, Parameter) else value)
                            for name, value in self._named_state())
 
     def load_state_dict(self, state, strict=True):
         """Copy arrays from ``state`` (a mapping ``name -> array``) into this module.
 
-        Values are cast to the dtype of the array they replace and put on its device.
+        Values are cast to the dtype of the array they replace, put on its device and
+        copied into it (the arrays ``state_dict()`` returned now hold the new values).
 
         Parameters
         ----------
@@ -202,8 +204,11 @@ class Module:
         KeyError
             ``strict`` and a key is missing or unexpected; the message lists them.
         ValueError
-            A key whose array has the wrong shape, or holds NaN or infinity, or a
-            ``running_var`` with a negative entry (always an error).
+            A key whose array has the wrong shape, or holds NaN or infinity once cast, or a
+            ``running_var`` with a negative entry, or an integer buffer given non-integers
+            (always an error); nothing is loaded then.
+        TypeError
+            A key whose array does not hold real numbers (complex, strings).
         """
         own = OrderedDict(self._named_state())
         missing = [k for k in own if k not in state]
@@ -215,25 +220,37 @@ class Module:
                  for k in own if k in state and tuple(np.shape(state[k])) != tuple(own[k].shape)]
         if wrong:
             raise ValueError("state_dict has arrays of the wrong shape: " + "; ".join(wrong))
-        bad = [k for k in own if k in state and not bool(backend.array_module(state[k]).isfinite(state[k]).all())]
-        if bad:
-            raise ValueError(f"state_dict has NaN or infinity in {bad}")
-        # checked here once, not at each forward (validate.finite_scans_off): variances are >= 0
-        negative = [k for k in own if k in state and k.endswith("running_var")
-                    and bool((backend.array_module(state[k]).asarray(state[k]) < 0).any())]
-        if negative:
-            raise ValueError(f"state_dict has negative variances in {negative}")
+        # Everything is converted and checked before anything is written: a bad key loads nothing.
+        loaded = {}
         for key, value in own.items():
             if key not in state:
                 continue
             old = value.data if isinstance(value, Parameter) else value
             xp = backend.array_module(old)
-            new = xp.asarray(backend.to_numpy(state[key]) if xp is np else state[key]).astype(old.dtype)
+            given = xp.asarray(backend.to_numpy(state[key]) if xp is np else state[key])
+            if given.dtype.kind not in "biuf":
+                raise TypeError(f"state_dict[{key!r}] must hold real numbers, got dtype {given.dtype}")
+            # checked after the cast, which may overflow (1e39 in float32) or truncate (3.7 in an int)
+            with np.errstate(over="ignore", invalid="ignore"):
+                new = given.astype(old.dtype)
+            if not bool(xp.isfinite(new).all()):
+                raise ValueError(f"state_dict[{key!r}] has NaN or infinity (as {old.dtype})")
+            if old.dtype.kind in "iu" and not bool((new == given).all()):
+                raise ValueError(f"state_dict[{key!r}] must hold integers, got {given.dtype} values that are not")
+            # checked here once, not at each forward (validate.finite_scans_off): variances are >= 0
+            if key.endswith("running_var") and bool((new < 0).any()):
+                raise ValueError(f"state_dict[{key!r}] has negative variances")
+            loaded[key] = new
+        # In place, parameters and buffers alike (as torch does): a shared copy of the model
+        # sees the new values, and an earlier state_dict(), which holds these same arrays,
+        # does too; keep a snapshot with {k: v.copy() for k, v in model.state_dict().items()}.
+        for key, new in loaded.items():
+            value = own[key]
             if isinstance(value, Parameter):
-                value.data = new  # astype made a copy: the caller's array stays theirs
-                value.grad = xp.zeros_like(value.data)
+                value.data[...] = new
+                value.grad[...] = 0
             else:
-                old[...] = new  # in place: shared copies see the same buffer
+                value[...] = new
         return LoadResult(missing, unexpected)
 
     def extra_repr(self):

@@ -90,9 +90,28 @@ def test_nn_dropout(rng):
     channel = nn.Dropout2d(0.5, channelwise=True, rng=1)
     y = channel.forward(np.ones((4, 8, 3, 3)))
     assert all(len(np.unique(m)) == 1 for m in y.reshape(32, 9))
-    for p in (1.0, -0.1, True):
+    assert nn.Dropout2d(np.float32(0.25)).p == 0.25
+    for p in (1.0, -0.1):
         with pytest.raises(ValueError, match="p must be"):
             nn.Dropout2d(p)
+    for p in (True, "0.5"):
+        with pytest.raises(TypeError, match="p must be a real number"):
+            nn.Dropout2d(p)
+
+
+def test_nn_layer_settings_that_cannot_run_are_refused_when_built():
+    for dtype in (np.float16, np.int32, "complex"):
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            nn.Conv2d(2, 2, 3, dtype=dtype)
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            nn.BatchNorm2d(2, dtype=dtype)
+    with pytest.raises(ValueError, match="method='winograd' computes 3×3 kernels at stride 1"):
+        nn.Conv2d(2, 2, 5, method="winograd")
+    with pytest.raises(ValueError, match="stride must be 1 for method='deinterlace'"):
+        nn.Conv2d(2, 2, 3, stride=2, method="deinterlace")
+    assert nn.BatchNorm2d(2, momentum=0.0).momentum == 0.0  # frozen statistics, as the op allows
+    with pytest.raises(ValueError, match="momentum must be in \\[0, 1\\]"):
+        nn.BatchNorm2d(2, momentum=1.5)
 
 
 @pytest.mark.parametrize("align_corners", [True, False])

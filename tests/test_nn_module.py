@@ -171,7 +171,8 @@ def test_nn_backward_needs_a_forward(rng):
     """backward() before any forward() says so, rather than failing inside an op (or, for
     the multi-scale fusion, silently returning nothing)."""
     model = small_model()
-    for module in (nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(3), model, nn.MultiScale(model)):
+    for module in (nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(3), nn.ImagePooling(3, 3),
+                   model, nn.MultiScale(model)):
         with pytest.raises(RuntimeError, match=r"backward\(\) needs a forward\(\) first"):
             module.backward(np.zeros((1, 3, 5, 5)))
 

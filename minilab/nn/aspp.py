@@ -136,6 +136,7 @@ class ImagePooling(Module):
     def __init__(self, in_channels, out_channels, *, method="auto", rng=None, dtype=np.float32):
         super().__init__()
         self.unit = conv_bn_relu(in_channels, out_channels, method=method, rng=rng, dtype=dtype)
+        self._shape = None
 
     def forward(self, x):
         self._shape = x.shape
@@ -143,7 +144,7 @@ class ImagePooling(Module):
         return backend.array_module(y).broadcast_to(y, y.shape[:2] + x.shape[2:]).copy()
 
     def backward(self, dout):
-        n, c, h, w = self._shape
+        n, c, h, w = self._saved("_shape")
         dm = self.unit.backward(dout.sum(axis=(2, 3), keepdims=True))
         return backend.array_module(dm).broadcast_to(dm / (h * w), self._shape).copy()
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import backend, validate
 from ..ops import activations, atrous, dropout, interp, norm, pool
+from ..ops._checks import unit_interval
 from .module import Module, Parameter
 
 
@@ -26,6 +27,17 @@ def make_rng(rng):
     if rng is None:
         return np.random.default_rng(0)
     return np.random.default_rng(validate.integer("rng", rng, 0))
+
+
+def float_dtype(dtype):
+    """``dtype`` as a NumPy dtype, float32 or float64 (what the ops compute in)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in validate.FLOATS:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
 
 
 class Conv2d(Module):
@@ -64,6 +76,10 @@ class Conv2d(Module):
         self.rate = validate.integer("rate", rate, 1)
         self.padding = validate.pair("padding", padding)
         self.method = validate.choice("method", method, ["auto", *atrous.METHODS])
+        why = atrous.unsupported(self.method, (k, k), self.rate, self.stride)
+        if why:
+            raise ValueError(why)
+        dtype = float_dtype(dtype)
         std = np.sqrt(2.0 / (cin * k * k)) if std is None else validate.positive("std", std)
         self.weight = Parameter((make_rng(rng).standard_normal((cout, cin, k, k)) * std).astype(dtype))
         self.bias = Parameter(np.zeros(cout, dtype)) if bias else None
@@ -116,7 +132,8 @@ class BatchNorm2d(Module):
         super().__init__()
         c = validate.integer("num_features", num_features, 1)
         self.eps = validate.positive("eps", eps)
-        self.momentum = validate.positive("momentum", momentum)
+        self.momentum = unit_interval("momentum", momentum)
+        dtype = float_dtype(dtype)
         self.weight = Parameter(np.ones(c, dtype))
         self.bias = Parameter(np.zeros(c, dtype))
         self.frozen = frozen
@@ -211,9 +228,9 @@ class Dropout2d(Module):
 
     def __init__(self, p=0.5, *, channelwise=False, rng=None):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-            raise ValueError(f"p must be a probability in [0, 1), got {p!r}")
-        self.p = float(p)
+        self.p = unit_interval("p", p)
+        if self.p == 1:
+            raise ValueError("p must be below 1 (p = 1 drops everything), got 1")
         self.channelwise = bool(channelwise)
         self.rng = make_rng(rng)
         self._gpu_rng = None

@@ -18,8 +18,9 @@ dilation=r)``. The filter sees a window of k_e = k + (k - 1)(r - 1) pixels per s
 field of view) with only k taps: rate 1 is an ordinary convolution. Output size per side:
 ``(H + 2 ph - k_e) // s + 1``.
 
-The paper names three ways to compute it, all registered in :data:`METHODS` with a
-hand-written backward, plus a loop reference and a fifth way that is the fastest here:
+The paper names three ways to compute it (``"zeros"``, ``"sparse"``, ``"deinterlace"``).
+:data:`METHODS` registers them, each with a hand-written backward, beside a loop reference
+and two more ways that are faster here, six in all:
 
 ``"direct"``
     The formula above as loops (Numba ``@njit``, and a ``@cuda.jit`` twin with the same index
@@ -46,9 +47,10 @@ hand-written backward, plus a loop reference and a fifth way that is the fastest
     apart. 3×3 kernels at stride 1 only, and NumPy arrays only.
 
 ``method="auto"`` (the default) picks one per call with :func:`auto_method`: ``"winograd"``
-for big 3×3 layers at rate 1 or 2 and stride 1 on the CPU, ``"sparse"`` where the input has few channels next to the output's, as in a network's
-first layer on an RGB image, or where a stride skips most input positions, and
-``"shifted"`` elsewhere. :func:`unsupported` says which methods cannot take a convolution.
+for big 3×3 layers at rate 1 or 2 and stride 1 on the CPU; ``"shifted"`` for 1×1 kernels at
+stride 1; otherwise ``"sparse"`` where the input has few channels next to the output's, as
+in a network's first layer on an RGB image, or where a stride skips most input positions,
+and ``"shifted"`` elsewhere. :func:`unsupported` says which methods cannot take a convolution.
 
 Every method but ``"winograd"`` accepts NumPy arrays (CPU) or CuPy arrays (GPU, GEMMs
 through cuBLAS) and returns arrays of the same kind and dtype (float32 or float64).
@@ -110,8 +112,8 @@ def auto_method(in_channels, out_channels, stride, rate, kernel_size=(3, 3), pix
     * ``"winograd"`` for a 3×3 kernel at stride 1 on the CPU: at rate 1 when C >= 128, or
       C >= 64 on at least 256×256 pixels; at rate 2 when C >= 256 and C·H·W >= 786 432
       (3·2¹⁸);
-    * ``"shifted"`` for a 1×1 kernel at stride 1, which it computes as one GEMM per image with
-      neither copies nor adds (an im2col would copy the input as it is);
+    * ``"shifted"`` for a 1×1 kernel at stride 1, which without padding it computes as one
+      batched GEMM with neither copies nor adds (an im2col would copy the input as it is);
     * otherwise ``"sparse"`` if m·C <= F·stride², else ``"shifted"``, with m = 2 at rate 1
       and m = 4 at higher rates.
 

@@ -186,7 +186,9 @@ def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="
     Returns
     -------
     out : ndarray, shape (N, F, Ho, Wo), Ho = (H + 2 ph - k_e) // stride + 1, k_e = kh + (kh-1)(rate-1)
-    cache : tuple for :func:`atrous_conv2d_backward`.
+    cache : tuple for :func:`atrous_conv2d_backward`. It may hold ``x`` itself rather than a
+        copy (whether it does depends on the method and the padding), so write into ``x``
+        only after the backward.
     """
     validate.float_array("x", x, ndim=4)
     validate.float_array("w", w, ndim=4)

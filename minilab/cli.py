@@ -369,8 +369,7 @@ def run_train(args):
     config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, crop_size=crop_size,
                          base_lr=args.lr, policy=args.policy, step_size=args.step_size,
                          scale_range=(0.5, 1.5) if scale else None, flip=flip, val_every=args.val_every,
-                         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
-                         **(dict(mean=(128.0, 128.0, 128.0), input_scale=1 / 64) if generated else {}))
+                         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device)
     val_set = _dataset(args, "val") if args.val_every and generated else None
     trainer = Trainer(build_model(spec), train_set, config, c, val_set=val_set, checkpoint=args.checkpoint,
                       model_spec=spec)

@@ -9,7 +9,7 @@ Every data set is indexable: ``image, labels = dataset[i]`` with ``image`` HÃ—WÃ
 from .digits import DigitScenes
 from .folders import ImageMaskFolder, VOCSegmentation, check_labels, read_image, read_mask
 from .synthetic import SyntheticScenes
-from .transforms import VOC_MEAN, augment, make_batch, to_input
+from .transforms import INPUT_MEAN, INPUT_SCALE, VOC_MEAN, augment, make_batch, to_input
 
-__all__ = ["DigitScenes", "ImageMaskFolder", "SyntheticScenes", "VOCSegmentation", "VOC_MEAN",
-           "augment", "check_labels", "make_batch", "read_image", "read_mask", "to_input"]
+__all__ = ["DigitScenes", "INPUT_MEAN", "INPUT_SCALE", "ImageMaskFolder", "SyntheticScenes", "VOCSegmentation",
+           "VOC_MEAN", "augment", "check_labels", "make_batch", "read_image", "read_mask", "to_input"]

@@ -3,7 +3,14 @@
 DeepLab augments by random scaling of the input image by a factor in [0.5, 1.5] (§4.3),
 random crops (321×321 on VOC) whose outside is padded with the mean colour in the image and
 with 255 ("unlabelled", ignored by the loss) in the labels, and horizontal flips. The
-network sees the image minus the mean colour, as N×3×H×W float32.
+network sees ``(image - mean) * input_scale`` as N×3×H×W float32.
+
+Input normalisation: Caffe's DeepLab subtracts :data:`VOC_MEAN` and keeps the 0-255 scale,
+which suits its ImageNet-pretrained weights. minilab's models train from scratch, without
+batch norm in the demo's model, so every data source defaults to :data:`INPUT_MEAN` and
+:data:`INPUT_SCALE`: ``(image - 128) / 64`` keeps inputs within [-2, 2]; on raw ±128
+inputs SGD at the usual learning rates diverges within a few iterations. The values a model
+was trained with are stored in its checkpoint and used again by evaluation and inference.
 
 Images are H×W×3 uint8 (RGB); label maps are H×W uint8 with classes 0..C-1 and 255.
 Every function that is random takes a ``numpy.random.Generator`` so training is
@@ -16,6 +23,9 @@ from .. import validate
 
 #: PASCAL VOC's mean colour in RGB order (Caffe's DeepLab subtracts it in BGR order: 104.008, 116.669, 122.675).
 VOC_MEAN = (122.675, 116.669, 104.008)
+#: The colour subtracted from every image by default (mid-grey), and the factor applied after it.
+INPUT_MEAN = (128.0, 128.0, 128.0)
+INPUT_SCALE = 1 / 64
 IGNORE = 255
 
 
@@ -47,7 +57,7 @@ def random_scale(image, labels, rng, scale_range=(0.5, 1.5)):
     return resize_pair(image, labels, (max(1, round(h * s)), max(1, round(w * s))))
 
 
-def random_crop(image, labels, size, rng, mean=VOC_MEAN):
+def random_crop(image, labels, size, rng, mean=INPUT_MEAN):
     """A ``size = (H, W)`` crop at a random place.
 
     Where the image is smaller than the crop it is first padded (bottom and right) with
@@ -74,7 +84,7 @@ def random_flip(image, labels, rng):
     return image, labels
 
 
-def augment(image, labels, rng, crop_size, scale_range=(0.5, 1.5), flip=True, mean=VOC_MEAN):
+def augment(image, labels, rng, crop_size, scale_range=(0.5, 1.5), flip=True, mean=INPUT_MEAN):
     """Random scaling (skipped when ``scale_range`` is None), random crop, random flip."""
     check_pair(image, labels)
     if scale_range is not None:
@@ -85,7 +95,7 @@ def augment(image, labels, rng, crop_size, scale_range=(0.5, 1.5), flip=True, me
     return image, labels
 
 
-def to_input(images, mean=VOC_MEAN, scale=1.0):
+def to_input(images, mean=INPUT_MEAN, scale=INPUT_SCALE):
     """Images (H×W×3 or N×H×W×3 uint8) → network input N×3×H×W float32: ``(image - mean) * scale``."""
     images = np.asarray(images)
     if images.ndim == 3:
@@ -97,7 +107,7 @@ def to_input(images, mean=VOC_MEAN, scale=1.0):
 
 
 def make_batch(dataset, indices, rng, crop_size, scale_range=(0.5, 1.5), flip=True,
-               mean=VOC_MEAN, input_scale=1.0):
+               mean=INPUT_MEAN, input_scale=INPUT_SCALE):
     """Load ``dataset[i]`` for each index, augment, and stack.
 
     Returns

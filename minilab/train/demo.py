@@ -36,8 +36,7 @@ DEMO_ITERATIONS = 3000
 def demo_config(iterations=DEMO_ITERATIONS, seed=0, **overrides):
     """The demo's training settings (poly, lr 0.01, batch 4, whole scenes of DEMO_SIZE pixels)."""
     return TrainConfig(**{**dict(iterations=iterations, batch_size=4, crop_size=DEMO_SIZE, base_lr=0.01,
-                                 scale_range=None, mean=(128.0, 128.0, 128.0), input_scale=1 / 64,
-                                 seed=seed), **overrides})
+                                 scale_range=None, seed=seed), **overrides})
 
 
 def run_demo(out, *, iterations=DEMO_ITERATIONS, val_images=60, size=DEMO_SIZE, seed=0, progress=True, log=print):

@@ -8,12 +8,12 @@ over the whole data set into one confusion matrix (:mod:`minilab.metrics`).
 import numpy as np
 
 from .. import backend, metrics
-from ..data.transforms import VOC_MEAN, to_input
+from ..data.transforms import INPUT_MEAN, INPUT_SCALE, to_input
 from ..ops.activations import softmax_forward
 from ..ops.interp import bilinear_resize_forward
 
 
-def predict_probs(model, image, mean=VOC_MEAN, input_scale=1.0):
+def predict_probs(model, image, mean=INPUT_MEAN, input_scale=INPUT_SCALE):
     """Class probabilities of one image at full resolution.
 
     Parameters
@@ -36,7 +36,7 @@ def predict_probs(model, image, mean=VOC_MEAN, input_scale=1.0):
     return backend.to_numpy(probs[0]).astype(np.float32)
 
 
-def evaluate(model, dataset, num_classes, *, crf=None, mean=VOC_MEAN, input_scale=1.0,
+def evaluate(model, dataset, num_classes, *, crf=None, mean=INPUT_MEAN, input_scale=INPUT_SCALE,
              trimap_width=None, keep=0, progress=False):
     """Score ``model`` on every image of ``dataset``, before and (given ``crf``) after the dense CRF.
 

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import backend, validate
-from ..data.transforms import VOC_MEAN, make_batch
+from ..data.transforms import INPUT_MEAN, INPUT_SCALE, make_batch
 from ..ops.interp import downsample_labels
 from ..ops.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -53,7 +53,10 @@ class TrainConfig:
         Random scaling of each training image (0.5-1.5); None turns it off.
     flip : bool
         Random horizontal flips.
-    mean, input_scale : colour subtracted from the images, then a factor applied.
+    mean, input_scale
+        The network sees ``(image - mean) * input_scale``; the default ``(image - 128) / 64``
+        keeps inputs O(1) for models trained from scratch (:mod:`minilab.data.transforms`).
+        Checkpoints store both, so evaluation and inference normalise as training did.
     val_every : int
         Validate every this many iterations (0: only when asked).
     checkpoint_every : int
@@ -77,8 +80,8 @@ class TrainConfig:
     classifier_lr_mult: float = 10.0
     scale_range: tuple = (0.5, 1.5)
     flip: bool = True
-    mean: tuple = VOC_MEAN
-    input_scale: float = 1.0
+    mean: tuple = INPUT_MEAN
+    input_scale: float = INPUT_SCALE
     val_every: int = 0
     checkpoint_every: int = 0
     seed: int = 0

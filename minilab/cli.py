@@ -323,8 +323,12 @@ def add_train(subparsers):
     p.add_argument("--model", default="demo", choices=["demo"] + sorted(PRESETS),
                    help="'demo' is the demo's tiny VGG-ASPP; the others are minilab.nn presets (default demo)")
     p.add_argument("--checkpoint", required=True, metavar="FILE.npz", help="where to save (and --resume from)")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    p.add_argument("--iterations", type=int, default=1500)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint, with the model and settings it was trained with")
+    p.add_argument("--iterations", type=int, default=1500,
+                   help="SGD iterations (default 1500). Under --policy poly this is the length of the "
+                        "learning-rate schedule, so --resume keeps it; under --policy step, --resume with "
+                        "a larger value trains on as if it had been given from the start")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--crop-size", type=int, default=None,
                    help="side of the training crops; 8k+1 is best (default: whole scenes for synthetic/digits, 81 "

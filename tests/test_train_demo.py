@@ -42,13 +42,18 @@ def test_demo_end_to_end(tmp_path, capsys):
 
 def test_train_command_resumes(tmp_path, capsys):
     args = ["train", "--data", "synthetic", "--size", "41", "--crop-size", "41", "--batch-size", "2",
-            "--checkpoint", str(tmp_path / "c.npz"), "--checkpoint-every", "2"]
+            "--checkpoint", str(tmp_path / "c.npz"), "--checkpoint-every", "2", "--policy", "step"]
     cli.main(args + ["--iterations", "4"])
     first = dict(np.load(tmp_path / "c.npz"))
     cli.main(args + ["--iterations", "6", "--resume"])
     assert "at iteration 6" in capsys.readouterr().out
     assert not np.array_equal(first["model/head.branches.0.fc8.weight"],
                               np.load(tmp_path / "c.npz")["model/head.branches.0.fc8.weight"])
+    err = run_error(capsys, args[:-2] + ["--iterations", "8", "--resume"])  # poly: T may not change
+    assert "iterations=6 (now 8)" in err and "Traceback" not in err
+    err = run_error(capsys, args + ["--iterations", "6", "--resume", "--model", "tiny-vgg-largefov"])
+    assert err.startswith("minilab train: error: checkpoint") and "holds another model" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_train_and_eval_on_digit_scenes(tmp_path, capsys):
@@ -68,6 +73,14 @@ def test_train_and_eval_on_digit_scenes(tmp_path, capsys):
     cli.main(["eval", "--checkpoint", str(tmp_path / "d.npz"), *common, "--json", str(tmp_path / "e.json")])
     assert "before CRF: mIoU" in capsys.readouterr().out
     assert len(json.loads((tmp_path / "e.json").read_text())["class_iou"]) == 11
+
+
+def run_error(capsys, argv):
+    """The one-line message of a command that fails with a user error."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
 
 
 def scene_folder(root, n=4, size=41):

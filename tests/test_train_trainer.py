@@ -76,6 +76,44 @@ def test_resume_refuses_other_settings(tmp_path):
         other.load(tmp_path / "c.npz")
 
 
+def test_resume_refuses_another_model(tmp_path):
+    data = SyntheticScenes(10, 40)
+    spec = model_spec("deeplab_vgg16", 5, width=0.125, depth=(1,) * 5, rates=(1, 2), hidden=8, dropout=0.0)
+    Trainer(build_model(spec), data, config(iterations=1), 5, checkpoint=tmp_path / "c.npz", model_spec=spec,
+            progress=False).fit()
+    other = dict(spec, kwargs={**spec["kwargs"], "rates": [1, 2, 3]})
+    with pytest.raises(ValueError, match=r"holds another model: .*rates=\[1, 2\],.*\(now .*rates=\[1, 2, 3\]"):
+        Trainer(build_model(other), data, config(iterations=1), 5, model_spec=other, progress=False).load(
+            tmp_path / "c.npz")
+    # without a model_spec the parameter names tell: a one-line ValueError, not a KeyError
+    bigger = nn.deeplab_vgg16(5, width=0.125, depth=(1,) * 5, rates=(1, 2, 3), hidden=8, dropout=0.0)
+    with pytest.raises(ValueError, match="holds another model"):
+        Trainer(bigger, data, config(iterations=1), 5, progress=False).load(tmp_path / "c.npz")
+    # the initialisation seed does not matter: loading replaces the weights
+    reseeded = dict(spec, kwargs={**spec["kwargs"], "seed": 7})
+    Trainer(build_model(reseeded), data, config(iterations=1), 5, model_spec=reseeded, progress=False).load(
+        tmp_path / "c.npz")
+
+
+def test_resume_with_more_iterations_only_under_the_step_policy(tmp_path):
+    """Under poly, iterations is T: another value would change every learning rate still to come.
+    Under step it does not enter the schedule: extending gives the longer uninterrupted run."""
+    data = SyntheticScenes(20, 40, seed=1)
+    Trainer(tiny(), data, config(iterations=3), 5, checkpoint=tmp_path / "p.npz", progress=False).fit()
+    with pytest.raises(ValueError, match="iterations=3 \\(now 6\\).*poly policy"):
+        Trainer(tiny(), data, config(iterations=6), 5, progress=False).load(tmp_path / "p.npz")
+    step = dict(policy="step", step_size=2)
+    straight = Trainer(tiny(), data, config(iterations=6, **step), 5, progress=False)
+    straight.fit()
+    Trainer(tiny(), data, config(iterations=3, **step), 5, checkpoint=tmp_path / "s.npz", progress=False).fit()
+    extended = Trainer(tiny(), data, config(iterations=6, **step), 5, progress=False)
+    extended.load(tmp_path / "s.npz")
+    extended.fit()
+    assert extended.history["loss"] == straight.history["loss"]
+    a, b = straight.model.state_dict(), extended.model.state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     path = tmp_path / "c.npz"
     t = Trainer(tiny(), SyntheticScenes(10, 40), config(iterations=10, checkpoint_every=2), 5,

@@ -101,7 +101,9 @@ class TrainConfig:
 
 
 # Settings that may differ between a run and its resumption without changing the result.
-_RESUMABLE = {"iterations", "val_every", "checkpoint_every", "device"}
+# ``iterations`` joins them under the step policy only: under poly it is T, the length of the
+# learning-rate schedule, and another T changes every learning rate still to come.
+_RESUMABLE = {"val_every", "checkpoint_every", "device"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -288,16 +290,36 @@ class Trainer:
     def load(self, path):
         """Restore weights, momentum, iteration, generators and history from a checkpoint.
 
-        The checkpoint's training settings must equal this trainer's, except
-        ``iterations``, ``val_every``, ``checkpoint_every`` and ``device``.
+        The checkpoint's model must be this trainer's (same ``model_spec`` up to the
+        initialisation seed, when both have one; same parameter names in any case), and its
+        training settings must equal this trainer's except ``val_every``,
+        ``checkpoint_every``, ``device`` and, under the step policy, ``iterations``: so the
+        resumed run gives the weights of one uninterrupted run. Under the poly policy
+        ``iterations`` is the schedule's length T and may not change; under the step policy
+        a larger value extends training exactly as if it had been asked for at the start.
+
+        Raises
+        ------
+        ValueError
+            The checkpoint holds another model, or was trained with other settings.
         """
         model_state, optim_state, meta = load_checkpoint(path)
+        saved_spec = meta.get("model_spec") or {}
+        if saved_spec and self.model_spec and _architecture(saved_spec) != _architecture(self.model_spec):
+            raise ValueError(f"checkpoint {path} holds another model: {_describe(saved_spec)} "
+                             f"(now {_describe(self.model_spec)})")
         saved, mine = meta["config"], dataclasses.asdict(self.config)
-        differ = sorted(k for k in mine if k not in _RESUMABLE and _jsonable(mine[k]) != saved.get(k))
+        resumable = _RESUMABLE | ({"iterations"} if self.config.policy == "step" else set())
+        differ = sorted(k for k in mine if k not in resumable and _jsonable(mine[k]) != saved.get(k))
         if differ:
+            hint = ("; under the poly policy iterations is the length of the learning-rate schedule, so it "
+                    "cannot change on resuming (the step policy's can)" if "iterations" in differ else "")
             raise ValueError(f"checkpoint {path} was trained with other settings: "
-                             + ", ".join(f"{k}={saved.get(k)!r} (now {mine[k]!r})" for k in differ))
-        self.model.load_state_dict(model_state)
+                             + ", ".join(f"{k}={saved.get(k)!r} (now {mine[k]!r})" for k in differ) + hint)
+        try:
+            self.model.load_state_dict(model_state)
+        except KeyError as error:  # other parameter names: another architecture
+            raise ValueError(f"checkpoint {path} holds another model: {error.args[0]}") from error
         if self.device == "gpu":
             self.model.to("gpu")
         self.optimizer.load_state_dict(optim_state)
@@ -334,6 +356,17 @@ def limit_threads(n):
             yield
     finally:
         numba.set_num_threads(before)
+
+
+def _architecture(spec):
+    """A :func:`~minilab.train.checkpoint.model_spec` without its ``seed`` (loading replaces the initial weights)."""
+    return {**spec, "kwargs": {k: v for k, v in spec.get("kwargs", {}).items() if k != "seed"}}
+
+
+def _describe(spec):
+    """A model spec in one line: ``deeplab_vgg16, 5 classes, width=0.125, ...``."""
+    kwargs = ", ".join(f"{k}={v}" for k, v in _architecture(spec)["kwargs"].items())
+    return f"{spec.get('builder')}, {spec.get('num_classes')} classes" + (f", {kwargs}" if kwargs else "")
 
 
 def _jsonable(value):

@@ -222,7 +222,12 @@ DATA_HELP = ("what to train or evaluate on: 'synthetic' (generated shapes, 5 cla
 
 def _set_threads(n):
     from .train import limit_threads
-    limit_threads(n).__enter__()  # for the rest of the command
+    limit_threads(validate.integer("--threads", n, 1)).__enter__()  # for the rest of the command
+
+
+def _option(name, value, default, minimum=1):
+    """``value`` checked as an integer >= ``minimum`` (the error names the option ``name``), or ``default`` when None."""
+    return default if value is None else validate.integer(name, value, minimum)
 
 
 def add_demo(subparsers):
@@ -267,10 +272,18 @@ def run_demo(args):
 
 #: Digit scenes' default side: 8·16 + 1 pixels, room for a few digits of 32-64 pixels (minilab.data.digits).
 DIGITS_SIZE = 129
+#: Generated data: the default scene side and number of held-out scenes; training draws from an unlimited supply.
+GENERATED = {"synthetic": {"size": 81}, "digits": {"size": DIGITS_SIZE}}
+HELD_OUT_SCENES = 100
+#: Seeds of the generated training scenes and of the held-out ones.
+TRAIN_SEED, HELD_OUT_SEED = 0, 10**6
 
 
 def _add_data_args(p, train=True):
-    p.add_argument("--data", choices=["synthetic", "digits", "voc", "folder"], default="synthetic", help=DATA_HELP)
+    default = "synthetic" if train else None
+    p.add_argument("--data", choices=["synthetic", "digits", "voc", "folder"], default=default,
+                   help=DATA_HELP + (" (default synthetic)" if train else
+                                     " (default: the data the checkpoint was trained on, else synthetic)"))
     p.add_argument("--root", metavar="DIR", help="voc: the folder holding JPEGImages/, SegmentationClass/, ImageSets/")
     p.add_argument("--split", default="train" if train else "val",
                    help="voc: the list ImageSets/Segmentation/SPLIT.txt (default %(default)s)")
@@ -278,20 +291,25 @@ def _add_data_args(p, train=True):
     p.add_argument("--masks", metavar="DIR",
                    help="folder: one PNG per image, same name, pixel value = class id 0..C-1, 255 = unlabelled")
     p.add_argument("--num-classes", type=int, help="folder: the number of classes C (background included)")
+    saved = "" if train else "; default: the checkpoint's, where it was trained on such scenes"
     p.add_argument("--size", type=int, default=None,
-                   help=f"synthetic/digits: scene side in pixels (default 81 / {DIGITS_SIZE})")
-    p.add_argument("--scenes", type=int, default=None, help="synthetic/digits: number of scenes (evaluation)")
+                   help=f"synthetic/digits: scene side in pixels (default 81 / {DIGITS_SIZE}{saved})")
+    p.add_argument("--scenes", type=int, default=None,
+                   help=f"synthetic/digits: number of held-out scenes to {'validate' if train else 'evaluate'} on "
+                        f"(default {HELD_OUT_SCENES}{saved}); training scenes are drawn without limit")
+    p.set_defaults(held_out_seed=HELD_OUT_SEED)
 
 
 def _dataset(args, split):
     """The data set the arguments name; ``split`` is 'train' or 'val' (held-out scenes for generated data)."""
     from . import data
-    if args.data == "synthetic":
-        seed = 0 if split == "train" else 10**6
-        return data.SyntheticScenes(args.scenes or (10**6 if split == "train" else 100), args.size or 81, seed=seed)
-    if args.data == "digits":
-        return data.DigitScenes(args.scenes or (10**6 if split == "train" else 100), args.size or DIGITS_SIZE,
-                                seed=0 if split == "train" else 10**6, split=split)
+    if args.data in GENERATED:
+        size = _option("--size", args.size, GENERATED[args.data]["size"])
+        length, seed = ((10**6, TRAIN_SEED) if split == "train" else
+                        (_option("--scenes", args.scenes, HELD_OUT_SCENES), args.held_out_seed))
+        if args.data == "synthetic":
+            return data.SyntheticScenes(length, size, seed=seed)
+        return data.DigitScenes(length, size, seed=seed, split=split)
     if args.data == "voc":
         if not args.root:
             raise ValueError("--data voc needs --root DIR (the folder with JPEGImages/ and SegmentationClass/)")
@@ -299,6 +317,23 @@ def _dataset(args, split):
     if not (args.images and args.masks and args.num_classes):
         raise ValueError("--data folder needs --images DIR, --masks DIR and --num-classes C")
     return data.ImageMaskFolder(args.images, args.masks, args.num_classes)
+
+
+def _data_spec(args, dataset):
+    """What a checkpoint records of its data, for ``minilab eval``'s defaults: the name, and
+    for generated scenes the held-out set (size, number, seed)."""
+    if args.data not in GENERATED:
+        return {"data": args.data}
+    return {"data": args.data, "size": dataset.size, "scenes": _option("--scenes", args.scenes, HELD_OUT_SCENES),
+            "seed": args.held_out_seed}
+
+
+def _describe(args, dataset):
+    """The data set in words, e.g. ``60 synthetic scenes of 113×113 pixels (seed 1000000)``."""
+    if args.data in GENERATED:
+        return f"{len(dataset)} {args.data} scenes of {dataset.size}×{dataset.size} pixels (seed {dataset.seed})"
+    where = f"{args.root} ({args.split})" if args.data == "voc" else args.images
+    return f"{len(dataset)} images of {where}"
 
 
 def add_train(subparsers):
@@ -366,8 +401,11 @@ def run_train(args):
     else:
         builder, kwargs = nn.PRESETS[args.model]
         spec = model_spec(builder.__name__, c, seed=args.seed, **kwargs)
-    generated = args.data in ("synthetic", "digits")
-    crop_size = args.crop_size or (train_set.size if generated else 81)
+    generated = args.data in GENERATED
+    if args.val_every and not generated:
+        raise ValueError(f"--val-every needs held-out data, which only --data synthetic or digits provides; "
+                         f"score a checkpoint trained on --data {args.data} with 'minilab eval' instead")
+    crop_size = _option("--crop-size", args.crop_size, train_set.size if generated else 81)
     scale = args.scale if args.scale is not None else args.data != "digits"
     flip = args.flip if args.flip is not None else args.data != "digits"
     config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, crop_size=crop_size,
@@ -376,7 +414,7 @@ def run_train(args):
                          checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device)
     val_set = _dataset(args, "val") if args.val_every and generated else None
     trainer = Trainer(build_model(spec), train_set, config, c, val_set=val_set, checkpoint=args.checkpoint,
-                      model_spec=spec)
+                      model_spec=spec, data_spec=_data_spec(args, train_set))
     if args.resume:
         trainer.load(args.checkpoint)
         print(f"resumed from {args.checkpoint} at iteration {trainer.iteration}", file=sys.stderr)
@@ -424,6 +462,12 @@ def run_eval(args):
 
     _set_threads(args.threads)
     model, meta = load_model(args.checkpoint)
+    saved = meta.get("data_spec") or {}
+    args.data = args.data or saved.get("data", "synthetic")
+    if saved.get("data") == args.data and args.data in GENERATED:
+        args.size = saved["size"] if args.size is None else args.size
+        args.scenes = saved["scenes"] if args.scenes is None else args.scenes
+        args.held_out_seed = saved["seed"]
     dataset = _dataset(args, "val")
     c = meta["model_spec"]["num_classes"]
     if dataset.num_classes != c:
@@ -431,12 +475,24 @@ def run_eval(args):
     r = evaluate(model, dataset, c, crf=_crf_params(args) if args.crf else None, mean=meta["config"]["mean"],
                  input_scale=meta["config"]["input_scale"], trimap_width=args.trimap, progress=True)
     r.pop("examples")
+    print(f"evaluated {args.checkpoint} on {_describe(args, dataset)}")
     for s, name in (("", "before CRF"), ("_crf", "after CRF")):
         if f"miou{s}" in r:
             per = ", ".join(f"{n} {v:.3f}" for n, v in zip(dataset.class_names, r[f"class_iou{s}"]))
-            print(f"{name}: mIoU {r[f'miou{s}']:.4f}, pixel accuracy {r[f'pixel_accuracy{s}']:.4f} ({per})")
+            trimap = (f", accuracy within {args.trimap} px of a boundary {r[f'trimap_accuracy{s}']:.4f}"
+                      if args.trimap is not None else "")
+            print(f"{name}: mIoU {r[f'miou{s}']:.4f}, pixel accuracy {r[f'pixel_accuracy{s}']:.4f}{trimap} ({per})")
     if args.json:
-        Path(args.json).write_text(json.dumps(r, indent=2))
+        Path(args.json).write_text(json.dumps(_json_ready(r), indent=2, allow_nan=False))
+
+
+def _json_ready(value):
+    """``value`` with every NaN (the IoU of a class absent from data and predictions) replaced by None (JSON null)."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return None if isinstance(value, float) and np.isnan(value) else value
 
 
 def add_segment(subparsers):

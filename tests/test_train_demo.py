@@ -34,10 +34,16 @@ def test_demo_end_to_end(tmp_path, capsys):
     with Image.open(tmp_path / "labels.png") as im:
         assert im.mode == "P" and im.size == (41, 41)
         assert np.asarray(im).max() < 5
-    cli.main(["eval", "--checkpoint", str(tmp_path / "model.npz"), "--scenes", "3", "--crf",
+    capsys.readouterr()
+    cli.main(["eval", "--checkpoint", str(tmp_path / "model.npz"), "--crf", "--trimap", "2",
               "--json", str(tmp_path / "eval.json")])
-    scores = json.loads((tmp_path / "eval.json").read_text())
-    assert 0 <= scores["miou"] <= 1 and 0 <= scores["miou_crf"] <= 1
+    out = capsys.readouterr().out
+    # by default the held-out scenes the demo scored, and the boundary accuracy is printed
+    assert "on 3 synthetic scenes of 41×41 pixels (seed 1000000)" in out
+    assert "before CRF: mIoU " + lines[-2].split(": ")[1] in out and "after CRF: mIoU " + lines[-1].split(": ")[1] in out
+    assert out.count("accuracy within 2 px of a boundary 0.") == 2
+    scores = json.loads((tmp_path / "eval.json").read_text(), parse_constant=pytest.fail)  # no bare NaN
+    assert 0 <= scores["miou"] <= 1 and 0 <= scores["miou_crf"] <= 1 and 0 <= scores["trimap_accuracy"] <= 1
 
 
 def test_train_command_resumes(tmp_path, capsys):
@@ -106,6 +112,26 @@ def test_train_on_a_folder_keeps_inputs_small_and_the_checkpoint_remembers(tmp_p
     cli.main(["eval", "--checkpoint", str(tmp_path / "f.npz"), *folder])
     cli.main(["segment", str(images / "s0.png"), "--checkpoint", str(tmp_path / "f.npz"), "-o", str(tmp_path / "l.png")])
     assert "before CRF: mIoU" in capsys.readouterr().out
+
+
+def test_eval_json_writes_null_for_absent_classes():
+    assert cli._json_ready({"miou": 0.5, "class_iou": [1.0, float("nan")]}) == {"miou": 0.5, "class_iou": [1.0, None]}
+
+
+def test_scenes_counts_held_out_scenes_only():
+    args = cli.build_parser().parse_args(["train", "--scenes", "2", "--size", "33", "--checkpoint", "c.npz"])
+    assert len(cli._dataset(args, "train")) == 10**6 and len(cli._dataset(args, "val")) == 2
+
+
+def test_options_are_checked_by_name(tmp_path, capsys):
+    images, masks = scene_folder(tmp_path)
+    folder = ["--data", "folder", "--images", str(images), "--masks", str(masks), "--num-classes", "5"]
+    ck = ["--checkpoint", str(tmp_path / "c.npz")]
+    assert "--val-every needs held-out data" in run_error(capsys, ["train", *folder, *ck, "--val-every", "2"])
+    for option in ("--size", "--scenes", "--crop-size", "--threads"):
+        err = run_error(capsys, ["train", *ck, "--val-every", "1", option, "0"])
+        assert f"minilab train: error: {option} must be >= 1, got 0" in err
+    assert not (tmp_path / "c.npz").exists()
 
 
 def test_cli_errors_are_messages(tmp_path):

@@ -5,7 +5,8 @@ Layout (all plain arrays, readable with ``numpy.load(path)`` and no pickle):
 * ``model/<name>``: every entry of the model's ``state_dict()`` (weights, batch-norm statistics);
 * ``optimizer/<name>``: every entry of the optimiser's ``state_dict()`` (momentum buffers);
 * ``meta``: a JSON string with ``format``, ``version``, ``iteration`` (updates done),
-  ``config`` (the training settings), ``model_spec`` (how to rebuild the model), ``rng``
+  ``config`` (the training settings), ``model_spec`` (how to rebuild the model),
+  ``data_spec`` (what it was trained on, for ``minilab eval``'s defaults), ``rng``
   (the state of the data-sampling generator, so the next batch is the one an uninterrupted
   run would draw), ``history`` (loss, learning rate and validation scores so far) and
   ``train_seconds`` (time spent in training steps).

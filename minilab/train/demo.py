@@ -61,8 +61,9 @@ def run_demo(out, *, iterations=DEMO_ITERATIONS, val_images=60, size=DEMO_SIZE, 
     config = demo_config(iterations, seed, crop_size=size)
     train_set = SyntheticScenes(10**6, size, seed=seed)
     test_set = SyntheticScenes(val_images, size, seed=seed + 10**6)  # held out: another seed
-    trainer = Trainer(model, train_set, config, len(classes), checkpoint=out / "model.npz",
-                      model_spec=spec, progress=progress)
+    trainer = Trainer(model, train_set, config, len(classes), checkpoint=out / "model.npz", model_spec=spec,
+                      data_spec={"data": "synthetic", "size": size, "scenes": val_images, "seed": test_set.seed},
+                      progress=progress)
     log(f"training a tiny DeepLab-ASPP ({sum(p.data.size for p in model.parameters())} parameters) "
         f"on {size}×{size} synthetic scenes for {iterations} iterations")
     trainer.fit()

@@ -157,6 +157,9 @@ class Trainer:
     model_spec : dict, optional
         JSON-able description of the model, stored in checkpoints so that
         ``minilab eval``/``segment`` can rebuild it.
+    data_spec : dict, optional
+        JSON-able description of the data, stored in checkpoints so that ``minilab eval``
+        scores the held-out data of the training run by default.
     crf : dict, optional
         Dense-CRF settings for validation (keyword arguments of :func:`minilab.crf.dense_crf`).
     progress : bool
@@ -164,13 +167,14 @@ class Trainer:
     """
 
     def __init__(self, model, train_set, config, num_classes, *, val_set=None, checkpoint=None,
-                 model_spec=None, crf=None, progress=True):
+                 model_spec=None, data_spec=None, crf=None, progress=True):
         self.model, self.train_set, self.val_set = model, train_set, val_set
         self.config, self.num_classes = config, validate.integer("num_classes", num_classes, 2)
         if len(train_set) == 0:
             raise ValueError("train_set is empty: there is nothing to train on")
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.model_spec, self.crf, self.progress = model_spec or {}, crf, progress
+        self.model_spec, self.data_spec = model_spec or {}, data_spec or {}
+        self.crf, self.progress = crf, progress
         self.device = backend.resolve_device(config.device)
         if self.device == "gpu":
             model.to("gpu")
@@ -282,7 +286,7 @@ class Trainer:
         """Write a checkpoint (atomically) to ``path``."""
         meta = {"iteration": self.iteration, "train_seconds": self.train_seconds,
                 "config": dataclasses.asdict(self.config),
-                "num_classes": self.num_classes, "model_spec": self.model_spec,
+                "num_classes": self.num_classes, "model_spec": self.model_spec, "data_spec": self.data_spec,
                 "rng": self.rng.bit_generator.state, "history": self.history,
                 "module_rngs": {k: g.bit_generator.state for k, g in module_generators(self.model).items()}}
         return save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(), meta)

@@ -6,6 +6,7 @@ subcommand is one function and one line in that list.
 
 Errors a user can cause (a missing file, arrays of the wrong shape, a bad parameter, a GPU
 asked for where there is none) are reported as ``minilab <command>: error: <message>`` with exit status 2, like argparse's own.
+Ctrl-C ends a command with one line, ``minilab <command>: interrupted...``, and exit status 130.
 """
 import argparse
 import concurrent.futures
@@ -41,6 +42,8 @@ def main(argv=None):
         args.run(args)
     except USER_ERRORS as error:
         parser.exit(2, f"minilab {args.command}: error: {error}\n")
+    except KeyboardInterrupt as stop:  # Ctrl-C: what it left behind, if the command says, in one line
+        parser.exit(130, f"minilab {args.command}: interrupted{': ' if str(stop) else ''}{stop}\n")
     return 0
 
 
@@ -418,7 +421,12 @@ def run_train(args):
     if args.resume:
         trainer.load(args.checkpoint)
         print(f"resumed from {args.checkpoint} at iteration {trainer.iteration}", file=sys.stderr)
-    history = trainer.fit()
+    try:
+        history = trainer.fit()
+    except KeyboardInterrupt:
+        kept = (f"{args.checkpoint} holds iteration {trainer.saved_iteration}; continue with --resume"
+                if trainer.saved_iteration is not None else "no checkpoint was written yet")
+        raise KeyboardInterrupt(f"at iteration {trainer.iteration}; {kept}") from None
     if args.curve:
         from .viz import training_curves
         training_curves(history, args.curve, title=f"minilab train --data {args.data}")

@@ -134,6 +134,24 @@ def test_options_are_checked_by_name(tmp_path, capsys):
     assert not (tmp_path / "c.npz").exists()
 
 
+def test_ctrl_c_says_where_the_checkpoint_is(tmp_path, capsys, monkeypatch):
+    from minilab.train import Trainer
+    step = Trainer.train_step
+
+    def interrupted_at_3(self):
+        if self.iteration == 3:
+            raise KeyboardInterrupt
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_at_3)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--size", "33", "--batch-size", "1", "--iterations", "5", "--checkpoint-every", "2",
+                  "--checkpoint", str(tmp_path / "c.npz")])
+    assert info.value.code == 130
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert last == f"minilab train: interrupted: at iteration 3; {tmp_path / 'c.npz'} holds iteration 2; continue with --resume"
+
+
 def test_cli_errors_are_messages(tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["segment", str(tmp_path / "none.png"), "--checkpoint", str(tmp_path / "none.npz"), "-o", "x.png"])

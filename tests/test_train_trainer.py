@@ -129,6 +129,25 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
     assert load_checkpoint(path)[2]["iteration"] == 2
 
 
+def test_divergence_names_only_a_checkpoint_this_run_wrote(tmp_path):
+    path = tmp_path / "c.npz"
+    Trainer(tiny(), SyntheticScenes(10, 40), config(iterations=1), 5, checkpoint=path, progress=False).fit()
+    t = Trainer(tiny(), SyntheticScenes(10, 40), config(), 5, checkpoint=path, progress=False)  # a new run
+    t.model.backbone.features.layers[0].weight.data[0, 0, 0, 0] = np.nan
+    with pytest.raises(TrainingDiverged, match="this run wrote no checkpoint yet"), np.errstate(invalid="ignore"):
+        t.fit()
+
+
+def test_divergence_in_validation_is_reported_as_such():
+    """Finite weights can still overflow the activations: validation says so as training would."""
+    t = Trainer(tiny(), SyntheticScenes(10, 40), config(), 5, val_set=SyntheticScenes(1, 33), progress=False)
+    for p in t.model.parameters():
+        p.data[...] = 1e12
+    with pytest.raises(TrainingDiverged, match="validation scores became non-finite at iteration 0"), \
+            np.errstate(over="ignore", invalid="ignore"):
+        t.validate()
+
+
 def test_checkpoint_round_trip_and_model_rebuild(tmp_path):
     spec = model_spec("deeplab_vgg16", 5, width=0.125, depth=(1,) * 5, rates=(1, 2), hidden=8, dropout=0.0)
     model = build_model(spec)

@@ -182,6 +182,7 @@ class Trainer:
                              momentum=config.momentum, weight_decay=config.weight_decay)
         self.rng = np.random.default_rng(config.seed)
         self.iteration = 0
+        self.saved_iteration = None  # the iteration in ``checkpoint`` when this run wrote or resumed from it
         self.train_seconds = 0.0  # wall-clock time spent in train_step, validation excluded
         self.history = {"iteration": [], "loss": [], "lr": [], "val": []}
 
@@ -217,8 +218,8 @@ class Trainer:
             target = downsample_labels(labels, size=logits.shape[-2:])
             loss, cache = softmax_cross_entropy_forward(logits, target, ignore_index=255)
             loss = float(loss)
-        except ValueError as error:  # a layer refused a non-finite input: activations overflowed
-            if "NaN or infinity" not in str(error):
+        except ValueError as error:
+            if not _overflowed(error):
                 raise
             loss = float("nan")
         if not math.isfinite(loss):
@@ -234,8 +235,8 @@ class Trainer:
         return loss
 
     def _diverged(self, what, lr):
-        kept = (f"the last good checkpoint is {self.checkpoint}" if self.checkpoint and self.checkpoint.exists()
-                else "no checkpoint was written yet")
+        kept = (f"the last good checkpoint is {self.checkpoint} (iteration {self.saved_iteration})"
+                if self.saved_iteration is not None else "this run wrote no checkpoint yet")
         return TrainingDiverged(
             f"training stopped: {what} at iteration {self.iteration} (learning rate {lr:.3g}); {kept}. "
             f"Lower base_lr (now {self.config.base_lr}) or check the data (labels 0..C-1 and 255, "
@@ -248,8 +249,13 @@ class Trainer:
         ``miou*`` and ``class_iou*`` scores.
         """
         c = self.config
-        result = evaluate(self.model, self.val_set, self.num_classes, crf=self.crf,
-                          mean=c.mean, input_scale=c.input_scale)
+        try:
+            result = evaluate(self.model, self.val_set, self.num_classes, crf=self.crf,
+                              mean=c.mean, input_scale=c.input_scale)
+        except ValueError as error:
+            if not _overflowed(error):
+                raise
+            raise self._diverged("the validation scores became non-finite", self.lr()) from error
         self.history["val"].append({"iteration": self.iteration, "seconds": self.train_seconds,
                                     **{k: result[k] for k in result if k.startswith(("miou", "class_iou"))}})
         return result
@@ -289,7 +295,10 @@ class Trainer:
                 "num_classes": self.num_classes, "model_spec": self.model_spec, "data_spec": self.data_spec,
                 "rng": self.rng.bit_generator.state, "history": self.history,
                 "module_rngs": {k: g.bit_generator.state for k, g in module_generators(self.model).items()}}
-        return save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(), meta)
+        path = save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(), meta)
+        if self.checkpoint is not None and path == self.checkpoint:
+            self.saved_iteration = self.iteration
+        return path
 
     def load(self, path):
         """Restore weights, momentum, iteration, generators and history from a checkpoint.
@@ -335,6 +344,8 @@ class Trainer:
             if name in generators:
                 generators[name].bit_generator.state = state
         self.history = meta["history"]
+        if self.checkpoint is not None and Path(path) == self.checkpoint:
+            self.saved_iteration = self.iteration
         return meta
 
 
@@ -360,6 +371,11 @@ def limit_threads(n):
             yield
     finally:
         numba.set_num_threads(before)
+
+
+def _overflowed(error):
+    """Whether ``error`` is a layer refusing a non-finite input: activations overflowed."""
+    return "NaN or infinity" in str(error)
 
 
 def _architecture(spec):

@@ -187,7 +187,13 @@ def crf_file(image_path, probs_path, out_path, params, logits=False):
 
     with Image.open(image_path) as im:
         image = np.asarray(im.convert("RGB"))
-    probs = np.load(probs_path, allow_pickle=False)
+    try:
+        probs = np.load(probs_path, allow_pickle=False)
+    except ValueError as error:  # NumPy's reading of a file that is no .npy: "pickled data"
+        raise ValueError(f"PROBS {probs_path} is not a .npy array file") from error
+    if not isinstance(probs, np.ndarray):
+        probs.close()
+        raise ValueError(f"PROBS {probs_path} is an .npz archive; it must be a .npy file holding one C×H×W array")
     if probs.ndim != 3 or probs.shape[1:] != image.shape[:2]:
         raise ValueError(f"{probs_path} must hold a C×H×W array with H×W = {image.shape[:2]} "
                          f"(the size of {image_path}), got shape {probs.shape}")

@@ -98,6 +98,13 @@ def test_bad_input(tmp_path, rng, capsys):
     err = run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "probs"), "-o", str(tmp_path / "o"), "--jobs", "1"])
     assert "b.npy: probs must sum to 1" in err  # a worker's error names its file
     assert "--jobs must be >= 1" in run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "probs"), "-o", out, "--jobs", "0"])
+    np.savez(tmp_path / "archive.npz", probs=probs)
+    err = run_error(capsys, ["crf", img, str(tmp_path / "archive.npz"), "-o", out])
+    assert "minilab crf: error: PROBS" in err and "archive.npz is an .npz archive" in err
+    assert f"PROBS {img} is not a .npy array file" in run_error(capsys, ["crf", img, img, "-o", out])
+    for wrong in (img, npy):  # an image, a .npy: neither is a checkpoint
+        err = run_error(capsys, ["eval", "--checkpoint", wrong])
+        assert err.startswith("minilab eval: error: ") and "is not a minilab checkpoint" in err
     (tmp_path / "empty").mkdir()
     assert "no .npy file" in run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "empty"), "-o", out])
 

@@ -17,6 +17,7 @@ renamed over the target, so a crash mid-write leaves the previous checkpoint int
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,8 @@ def load_checkpoint(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a minilab checkpoint (a checkpoint is an .npz archive written by training)")
     with np.load(path, allow_pickle=False) as f:
         if "meta" not in f.files:
             raise ValueError(f"{path} is not a minilab checkpoint (no 'meta' entry)")

@@ -325,7 +325,10 @@ def _dataset(args, split):
         return data.VOCSegmentation(args.root, args.split, num_classes=args.num_classes or 21)
     if not (args.images and args.masks and args.num_classes):
         raise ValueError("--data folder needs --images DIR, --masks DIR and --num-classes C")
-    return data.ImageMaskFolder(args.images, args.masks, args.num_classes)
+    folder = data.ImageMaskFolder(args.images, args.masks, args.num_classes)
+    if split == "train":
+        folder.check_masks()
+    return folder
 
 
 def _data_spec(args, dataset):

@@ -109,6 +109,50 @@ def test_bad_data_is_reported_clearly(voc_root):
         data.ImageMaskFolder(voc_root / "imgs", voc_root / "empty", 21)[0]
 
 
+def test_masks_of_nothing_but_0_and_255_are_refused(tmp_path):
+    """0/255 masks for a two-class problem: 255 is 'unlabelled', so there would be nothing to learn."""
+    for d in ("img", "mask"):
+        (tmp_path / d).mkdir()
+    for i in range(2):
+        Image.new("RGB", (8, 8)).save(tmp_path / "img" / f"{i}.png")
+        Image.fromarray(np.where(np.arange(64).reshape(8, 8) % 3, 0, 255).astype(np.uint8)).save(
+            tmp_path / "mask" / f"{i}.png")
+    ds = data.ImageMaskFolder(tmp_path / "img", tmp_path / "mask", num_classes=2)
+    with pytest.raises(ValueError, match=r"only the values \[0, 255\].*mask // 255"):
+        ds.check_masks()
+    Image.fromarray(np.eye(8, dtype=np.uint8)).save(tmp_path / "mask" / "1.png")
+    assert ds.check_masks() == [0, 1, 255]
+
+
+def test_one_bit_masks_read_as_0_and_1(tmp_path):
+    Image.fromarray(np.eye(4, dtype=bool)).save(tmp_path / "m.png")  # mode '1'
+    labels = data.read_mask(tmp_path / "m.png")
+    assert labels.dtype == np.uint8 and np.array_equal(labels, np.eye(4))
+
+
+@pytest.mark.parametrize("num_classes, error", [(-2, ValueError), (1, ValueError), (256, ValueError),
+                                                 (2.0, TypeError)])
+def test_folders_check_num_classes(voc_root, num_classes, error):
+    with pytest.raises(error, match="num_classes"):
+        data.VOCSegmentation(voc_root, "train", num_classes=num_classes)
+    with pytest.raises(error, match="num_classes"):
+        data.ImageMaskFolder(voc_root / "JPEGImages", voc_root / "SegmentationClass", num_classes)
+
+
+def test_labels_beyond_255_are_refused_not_wrapped():
+    image = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="labels must hold class ids 0..254 and 255"):
+        transforms.augment(image, np.full((4, 4), 257, np.int64), np.random.default_rng(0), 4)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(size=0), "size"), (dict(size=-3), "size"), (dict(length=-1), "length"),
+                                           (dict(seed=-1), "seed"), (dict(max_objects=0), "max_objects"),
+                                           (dict(size=33.0), "size")])
+def test_synthetic_scenes_check_their_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        data.SyntheticScenes(**kwargs)
+
+
 def test_synthetic_scenes_are_reproducible_and_varied():
     a, b = data.SyntheticScenes(20, 65, seed=3), data.SyntheticScenes(20, 65, seed=3)
     for i in (0, 7):

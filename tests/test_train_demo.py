@@ -131,6 +131,10 @@ def test_options_are_checked_by_name(tmp_path, capsys):
     for option in ("--size", "--scenes", "--crop-size", "--threads"):
         err = run_error(capsys, ["train", *ck, "--val-every", "1", option, "0"])
         assert f"minilab train: error: {option} must be >= 1, got 0" in err
+    for mask in masks.iterdir():  # 0/255 masks of a two-class problem: 255 is 'unlabelled'
+        Image.fromarray(np.where(np.asarray(Image.open(mask)) > 0, 255, 0).astype(np.uint8)).save(mask)
+    err = run_error(capsys, ["train", *folder, "--num-classes", "2", *ck])
+    assert "no mask in" in err and "holds a class other than 0" in err
     assert not (tmp_path / "c.npz").exists()
 
 

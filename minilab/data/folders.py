@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .. import validate
 from .transforms import IGNORE
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -29,12 +30,12 @@ def read_image(path):
 
 
 def read_mask(path):
-    """A label PNG (palette or greyscale) as H×W uint8 class indices."""
+    """A label PNG (palette, greyscale or 1-bit, whose pixels read as 0 and 1) as H×W uint8 class indices."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mask file not found: {path}")
     with Image.open(path) as im:
-        if im.mode not in ("P", "L", "I", "I;16"):
+        if im.mode not in ("P", "L", "1", "I", "I;16"):
             raise ValueError(f"mask {path} is a {im.mode!r} image; masks must be single-channel PNGs "
                              "whose pixel values are class indices (palette 'P' or greyscale 'L'), "
                              "with 255 for unlabelled pixels")
@@ -57,6 +58,15 @@ def check_labels(labels, num_classes, where="labels"):
     return labels
 
 
+def check_num_classes(num_classes):
+    """Check that ``num_classes`` is an integer in 2..255 (ids 0..254: 255 means unlabelled); returns it."""
+    validate.integer("num_classes", num_classes, 2)
+    if num_classes > IGNORE:
+        raise ValueError(f"num_classes must be <= {IGNORE} (class ids 0..{IGNORE - 1}; {IGNORE} means "
+                         f"'unlabelled'), got {num_classes}")
+    return num_classes
+
+
 def load_pair(image_path, mask_path, num_classes):
     """Read and check one (image, labels) pair: files exist, sizes match, ids in range."""
     image, labels = read_image(image_path), read_mask(mask_path)
@@ -75,7 +85,7 @@ class VOCSegmentation:
 
     def __init__(self, root, split="train", num_classes=21):
         self.root = Path(root)
-        self.num_classes = num_classes
+        self.num_classes = check_num_classes(num_classes)
         self.class_names = VOC_CLASSES if num_classes == 21 else tuple(str(c) for c in range(num_classes))
         listing = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not listing.is_file():
@@ -104,7 +114,7 @@ class ImageMaskFolder:
 
     def __init__(self, images_dir, masks_dir, num_classes, mask_suffix=""):
         self.images_dir, self.masks_dir = Path(images_dir), Path(masks_dir)
-        self.num_classes, self.mask_suffix = num_classes, mask_suffix
+        self.num_classes, self.mask_suffix = check_num_classes(num_classes), mask_suffix
         self.class_names = tuple(str(c) for c in range(num_classes))
         for d, what in ((self.images_dir, "images_dir"), (self.masks_dir, "masks_dir")):
             if not d.is_dir():
@@ -121,3 +131,20 @@ class ImageMaskFolder:
         name = self.names[i]
         mask = self.masks_dir / f"{Path(name).stem}{self.mask_suffix}.png"
         return load_pair(self.images_dir / name, mask, self.num_classes)
+
+    def check_masks(self):
+        """Read every mask once and raise ``ValueError`` when none holds a class other than 0.
+
+        Such data has nothing to learn. The usual cause: masks of a two-class problem saved
+        as 0/255, whose 255 means "unlabelled" and is ignored, not "class 1". ``minilab
+        train --data folder`` calls this before training. Returns the ids found, sorted.
+        """
+        found = set()
+        for name in self.names:
+            found.update(np.unique(read_mask(self.masks_dir / f"{Path(name).stem}{self.mask_suffix}.png")).tolist())
+        if not found - {0, IGNORE}:
+            hint = (f" (255 means 'unlabelled' and is ignored: if 255 marks your objects, store them as "
+                    f"class 1, e.g. mask // 255)" if IGNORE in found else "")
+            raise ValueError(f"no mask in {self.masks_dir} holds a class other than 0, only the values "
+                             f"{sorted(found)}: there is nothing to learn{hint}")
+        return sorted(found)

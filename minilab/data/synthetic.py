@@ -18,6 +18,8 @@ Classes: 0 background, 1 disc (warm, smooth radial shading), 2 square (green, st
 """
 import numpy as np
 
+from .. import validate
+
 CLASSES = ("background", "disc", "square", "triangle", "ring")
 _BASE_COLOURS = np.array([[0, 0, 0], [215, 70, 50], [60, 180, 70], [60, 90, 210], [225, 200, 60]], float)
 
@@ -98,7 +100,10 @@ class SyntheticScenes:
     num_classes = len(CLASSES)
 
     def __init__(self, length=1000, size=64, seed=0, max_objects=3):
-        self.length, self.size, self.seed, self.max_objects = length, size, seed, max_objects
+        self.length = validate.integer("length", length, 0)
+        self.size = validate.integer("size", size, 8)
+        self.seed = validate.integer("seed", seed, 0)
+        self.max_objects = validate.integer("max_objects", max_objects, 1)
 
     def __len__(self):
         return self.length

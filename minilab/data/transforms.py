@@ -39,6 +39,9 @@ def check_pair(image, labels):
                          f"{getattr(labels, 'shape', type(labels).__name__)} {getattr(labels, 'dtype', '')}")
     if labels.shape != image.shape[:2]:
         raise ValueError(f"labels must have the image's size {image.shape[:2]}, got {labels.shape}")
+    if labels.size and not 0 <= labels.min() <= labels.max() <= IGNORE:
+        raise ValueError(f"labels must hold class ids 0..{IGNORE - 1} and {IGNORE} (unlabelled), got values "
+                         f"{labels.min()}..{labels.max()}")
     return image, labels
 
 

@@ -177,6 +177,14 @@ def test_config_checks():
         TrainConfig(base_lr=0)
     with pytest.raises(ValueError, match="batch_size"):
         TrainConfig(batch_size=0)
+    for bad in ((0.5,), (1.5, 0.5), (-0.5, 1.5)):
+        with pytest.raises(ValueError, match="scale_range"):
+            TrainConfig(scale_range=bad)
+    with pytest.raises(ValueError, match="mean must hold one value per colour channel"):
+        TrainConfig(mean=(128, 128))
+    for name in ("input_scale", "power", "gamma", "classifier_lr_mult"):
+        with pytest.raises(ValueError, match=name):
+            TrainConfig(**{name: 0})
 
 
 def test_trainer_checks_the_data_against_the_model():

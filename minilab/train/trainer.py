@@ -92,12 +92,19 @@ class TrainConfig:
             validate.integer(name, getattr(self, name), 1)
         for name in ("val_every", "checkpoint_every", "seed"):
             validate.integer(name, getattr(self, name), 0)
-        validate.positive("base_lr", self.base_lr)
+        for name in ("base_lr", "power", "gamma", "classifier_lr_mult", "input_scale"):
+            validate.positive(name, getattr(self, name))
         validate.choice("policy", self.policy, POLICIES)
         validate.choice("device", self.device, backend.DEVICES)
         if self.scale_range is not None:
-            self.scale_range = tuple(float(s) for s in self.scale_range)
-        self.mean = tuple(float(m) for m in self.mean)
+            if len(self.scale_range) != 2:
+                raise ValueError(f"scale_range must be (low, high) or None, got {self.scale_range!r}")
+            self.scale_range = tuple(validate.positive("scale_range", s) for s in self.scale_range)
+            if self.scale_range[0] > self.scale_range[1]:
+                raise ValueError(f"scale_range must be (low, high) with low <= high, got {self.scale_range}")
+        if len(self.mean) != 3:
+            raise ValueError(f"mean must hold one value per colour channel (R, G, B), got {self.mean!r}")
+        self.mean = tuple(validate.real("mean", m) for m in self.mean)
 
 
 # Settings that may differ between a run and its resumption without changing the result.

@@ -271,7 +271,10 @@ def run_demo(args):
 
     _set_threads(args.threads)
     iterations, test_images = (150, 10) if args.quick else (args.iterations, args.test_images)
-    report = demo(args.out, iterations=iterations, val_images=test_images, size=args.size, seed=args.seed,
+    iterations = _option("--iterations", iterations, None)
+    test_images = _option("--test-images", test_images, None)
+    size, seed = _option("--size", args.size, None, minimum=8), _option("--seed", args.seed, None, minimum=0)
+    report = demo(args.out, iterations=iterations, val_images=test_images, size=size, seed=seed,
                   log=lambda m: print(m, file=sys.stderr))
     print(f"wrote {args.out}/segmentations.png, training.png, report.md, report.json, model.npz "
           f"({report['total_seconds']} s)")

@@ -107,8 +107,9 @@ def training_curves(history, path=None, title=None):
     matplotlib.figure.Figure
     """
     runs = history if "loss" not in history else {"": history}
-    fig = _figure(10, 3.2)
-    ax_loss, ax_lr, ax_val = fig.subplots(1, 3)
+    validated = any(h.get("val") for h in runs.values())  # no validation panel without validations
+    fig = _figure(10 if validated else 6.7, 3.2)
+    ax_loss, ax_lr, *ax_val = fig.subplots(1, 3 if validated else 2)
     for name, h in runs.items():
         it, loss = np.asarray(h["iteration"]), np.asarray(h["loss"])
         k = max(1, len(loss) // 20)
@@ -118,24 +119,25 @@ def training_curves(history, path=None, title=None):
         ax_lr.plot(it, h["lr"], color=line.get_color(), label=name or None)
         if h.get("val"):
             vit = [v["iteration"] for v in h["val"]]
-            ax_val.plot(vit, [v["miou"] for v in h["val"]], "o-", color=line.get_color(),
+            ax_val[0].plot(vit, [v["miou"] for v in h["val"]], "o-", color=line.get_color(),
                         label=f"{name} before CRF".strip())
             if "miou_crf" in h["val"][0]:
-                ax_val.plot(vit, [v["miou_crf"] for v in h["val"]], "s--", color=line.get_color(),
+                ax_val[0].plot(vit, [v["miou_crf"] for v in h["val"]], "s--", color=line.get_color(),
                             label=f"{name} after CRF".strip())
     ax_loss.set(xlabel="iteration", ylabel="cross-entropy", title="training loss", yscale="log")
     ax_lr.set(xlabel="iteration", ylabel="base learning rate", title="learning rate")
-    ax_val.set(xlabel="iteration", ylabel="mean IoU", title="validation")
+    for ax in ax_val:
+        ax.set(xlabel="iteration", ylabel="mean IoU", title="validation")
     val = next(iter(runs.values())).get("val")
     if len(runs) == 1 and len(val or ()) > 1 and all("seconds" in v for v in val):
         it = [0] + [v["iteration"] for v in val]
         minutes = [0] + [v["seconds"] / 60 for v in val]
         it.append(10 * it[-1])  # beyond the last validation: the average pace
         minutes.append(10 * minutes[-1])
-        top = ax_val.secondary_xaxis("top", functions=(lambda i: np.interp(i, it, minutes),
+        top = ax_val[0].secondary_xaxis("top", functions=(lambda i: np.interp(i, it, minutes),
                                                        lambda m: np.interp(m, minutes, it)))
         top.set_xlabel("minutes of training", fontsize=8)
-    for ax in (ax_loss, ax_val) + ((ax_lr,) if len(runs) > 1 else ()):
+    for ax in [ax_loss, *ax_val] + ([ax_lr] if len(runs) > 1 else []):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     if title:

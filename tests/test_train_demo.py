@@ -156,6 +156,14 @@ def test_ctrl_c_says_where_the_checkpoint_is(tmp_path, capsys, monkeypatch):
     assert last == f"minilab train: interrupted: at iteration 3; {tmp_path / 'c.npz'} holds iteration 2; continue with --resume"
 
 
+def test_demo_checks_its_options_before_training(tmp_path, capsys):
+    out = tmp_path / "out"
+    for option, value in (("--test-images", "0"), ("--size", "-3"), ("--iterations", "0"), ("--threads", "0")):
+        err = run_error(capsys, ["demo", "--out", str(out), option, value])
+        assert err.startswith(f"minilab demo: error: {option} must be >= ")
+    assert not (out / "model.npz").exists()
+
+
 def test_cli_errors_are_messages(tmp_path):
     with pytest.raises(SystemExit) as e:
         cli.main(["segment", str(tmp_path / "none.png"), "--checkpoint", str(tmp_path / "none.npz"), "-o", "x.png"])
@@ -182,3 +190,4 @@ def test_viz_pictures(tmp_path):
                "val": [{"iteration": 3, "miou": 0.5, "miou_crf": 0.6}]}
     viz.training_curves({"poly": history, "step": history}, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").exists()
+    assert len(viz.training_curves(dict(history, val=[])).axes) == 2  # no empty validation panel

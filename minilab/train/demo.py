@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import validate
 from ..data import SyntheticScenes
 from .checkpoint import build_model, model_spec
 from .evaluate import evaluate
@@ -52,6 +53,7 @@ def run_demo(out, *, iterations=DEMO_ITERATIONS, val_images=60, size=DEMO_SIZE, 
     """
     from .. import viz
 
+    validate.integer("val_images", val_images, 1)  # before training, not after it
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

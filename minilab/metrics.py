@@ -62,6 +62,8 @@ def confusion_matrix(pred, labels, num_classes, ignore_index=255, mask=None):
     """
     _label_array("pred", pred)
     _label_array("labels", labels)
+    if mask is not None:
+        validate.array("mask", mask)
     num_classes = validate.integer("num_classes", num_classes, minimum=1)
     xp = backend.array_module(pred, labels, mask)
     if pred.shape != labels.shape:
@@ -90,8 +92,8 @@ def _confusion(conf):
     validate.array("conf", conf)
     if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
         raise ValueError(f"conf must be a square C×C matrix, got shape {tuple(conf.shape)}")
-    if bool((conf < 0).any()):
-        raise ValueError("conf must hold counts >= 0")
+    if not bool(backend.array_module(conf).isfinite(conf).all()) or bool((conf < 0).any()):
+        raise ValueError("conf must hold finite counts >= 0")
     if int(conf.sum()) == 0:
         raise ValueError("conf counts no pixel (every label ignored, or an empty mask)")
     return conf.astype(np.float64)
@@ -211,4 +213,8 @@ def trimap_accuracy(pred, labels, width, ignore_index=255):
     total = int(band.sum())
     if total == 0:
         raise ValueError("the trimap band holds no labelled pixel (labels have no boundary)")
+    banded = pred[band]
+    if int(banded.min()) < 0 or (ignore_index is not None and bool((banded == ignore_index).any())):
+        raise ValueError(f"pred must hold class ids >= 0 other than ignore_index={ignore_index}, got values "
+                         f"from {int(banded.min())} to {int(banded.max())}")
     return int((band & (pred == labels)).sum()) / total

@@ -134,6 +134,35 @@ def test_bad_conf_mask_and_width():
         metrics.trimap_accuracy(labels, labels, 3)
     with pytest.raises(ValueError, match="2 dimensions"):
         metrics.trimap_band(np.zeros(4, int), 1)
+    with pytest.raises(TypeError, match="mask"):
+        metrics.confusion_matrix(labels, labels, 2, mask=[[True] * 3] * 3)
+    with pytest.raises(ValueError, match="finite counts"):
+        metrics.class_iou(np.array([[1.0, np.nan], [0.0, 1.0]]))
+    edge = np.array([[0, 0, 1, 1]] * 4)
+    for bad in (-1, 255):
+        with pytest.raises(ValueError, match="pred must hold class ids"):
+            metrics.trimap_accuracy(np.full((4, 4), bad), edge, 1)
+
+
+def test_evaluate_gives_nan_for_an_empty_trimap_band():
+    """Pooled over a data set without boundaries the band is empty: no value (NaN), not 0.0."""
+    from minilab.train import evaluate
+
+    class Constant:
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        def parameters(self):
+            return []
+
+        def forward(self, x):
+            return np.zeros((1, 2, 2, 2), np.float32)
+
+    flat = [(np.zeros((9, 9, 3), np.uint8), np.zeros((9, 9), np.uint8))]
+    assert np.isnan(evaluate(Constant(), flat, 2, trimap_width=2)["trimap_accuracy"])
 
 
 def test_pred_ignored_where_label_void():

@@ -53,7 +53,9 @@ def evaluate(model, dataset, num_classes, *, crf=None, mean=INPUT_MEAN, input_sc
     -------
     dict with ``miou``, ``pixel_accuracy``, ``class_iou`` (list), ``confusion`` (C×C list),
     the same keys suffixed ``_crf`` when ``crf`` is given, ``trimap_accuracy[_crf]`` when
-    ``trimap_width`` is given, and ``examples``: a list of dicts ``image, labels, pred[, pred_crf]``.
+    ``trimap_width`` is given (NaN when no labelled pixel of the whole data set lies within
+    the band, as ``class_iou`` is NaN for a class absent from labels and predictions;
+    :func:`minilab.metrics.trimap_accuracy` of one image raises instead), and ``examples``: a list of dicts ``image, labels, pred[, pred_crf]``.
     """
     if crf is not None:
         from ..crf import dense_crf
@@ -92,5 +94,5 @@ def evaluate(model, dataset, num_classes, *, crf=None, mean=INPUT_MEAN, input_sc
         result[f"class_iou{s}"] = [float(v) for v in metrics.class_iou(conf[s])]
         result[f"confusion{s}"] = conf[s].tolist()
         if trimap_width is not None:
-            result[f"trimap_accuracy{s}"] = trimap[s][0] / max(trimap[s][1], 1)
+            result[f"trimap_accuracy{s}"] = trimap[s][0] / trimap[s][1] if trimap[s][1] else float("nan")
     return result

@@ -127,8 +127,8 @@ def auto_method(in_channels, out_channels, stride, rate, kernel_size=(3, 3), pix
     padding, which ``"shifted"`` skips and ``"sparse"`` copies and multiplies (LargeFOV's
     fc6: about a third at rate 12 on a 41×41 map). Forward+backward on 2 CPU cores
     (``benchmarks/results/bench_atrous_cpu_haswell.md``), ms for sparse / shifted: VGG's
-    conv1_1 (3→64, 321×321) 20 / 116; ResNet's 7×7 stride-2 stem 19 / 491; VGG's conv2_1
-    (64→128, 161×161) 78 / 99; fc6 (512→1024, rate 12, 41×41) 240 / 194.
+    conv1_1 (3→64, 321×321) 14 / 108; ResNet's 7×7 stride-2 stem 16 / 473; VGG's conv2_1
+    (64→128, 161×161) 66 / 99; fc6 (512→1024, rate 12, 41×41) 233 / 197.
 
     ``"winograd"`` does 2.25× fewer multiply-adds but writes and reads transformed tiles
     four times the input's size; it pays where the GEMMs dominate. Forward+backward, ms,
@@ -139,7 +139,7 @@ def auto_method(in_channels, out_channels, stride, rate, kernel_size=(3, 3), pix
     padding that ``"shifted"`` skips, so it needs bigger layers: ``shifted`` / winograd,
     C→C, 512 on 41×41 117 / 107, 256 on 81×81 115 / 106, 512 on 65×65 275 / 221, 1024 on
     41×41 446 / 381; but 256 on 41×41 29 / 33 and 512 on 33×33 73 / 82. At higher rates
-    the padding dominates (fc6, 512→1024 at rate 12 on 41×41: 199 / 220).
+    the padding dominates (fc6, 512→1024 at rate 12 on 41×41: 197 / 231).
     """
     if tuple(kernel_size) == (3, 3) and stride == 1 and not gpu and (
             (rate == 1 and (in_channels >= 128 or (in_channels >= 64 and pixels >= 256 * 256)))

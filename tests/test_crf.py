@@ -40,9 +40,11 @@ def _dense_step(image, probs, q, w1, sa, sb, w2, sg, normalization, include_self
                (w1, np.exp(-d2(pos) / (2 * sa**2) - d2(rgb) / (2 * sb**2)))]
     energy = np.log(np.maximum(probs.reshape(c, -1).T.astype(np.float64), 1e-10))
     for weight, k in kernels:
-        if not include_self:
-            np.fill_diagonal(k, 0.0)
         k1 = k.sum(1)
+        if not include_self:  # the neighbours alone; a mass at most √ε·k(f_i, f_i) is none
+            np.fill_diagonal(k, 0.0)
+            k1 = k.sum(1)
+            k1[k1 <= np.sqrt(np.finfo(np.float32).eps)] = np.inf
         if normalization == "symmetric":
             kq = k1[:, None] ** -0.5 * (k @ (k1[:, None] ** -0.5 * q))
         elif normalization == "after":
@@ -163,6 +165,48 @@ def test_lattice_self_weight_is_its_diagonal(name, sa, sb):
         np.testing.assert_allclose(without.self_weight, np.diag(k), atol=1e-6)
         assert 0.3 < np.diag(k).min() and np.diag(k).max() < 1  # not the exact kernel's k(f_i, f_i) = 1
         np.testing.assert_allclose(without(eye), k - np.diag(np.diag(k)), atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [naive.CHUNK_ELEMENTS, 2])  # the whole matrix; one row at a time
+def test_exact_filter_without_self_sums_the_neighbours_alone(monkeypatch, chunk):
+    """Two points 8.5 apart: each one's sum over j ≠ i is the other's value times
+    exp(−8.5²/2) ≈ 2e-16, which subtracting v_i from the sum over all j lost (1 + 2e-16 − 1)."""
+    monkeypatch.setattr(naive, "CHUNK_ELEMENTS", chunk)
+    f = np.array([[0.0, 0.0], [8.5, 0.0]], np.float32)
+    v = np.array([[0.3, 0.7], [0.9, 0.1]], np.float32)
+    got = naive.ExactFilter(f, include_self=False)(v)
+    np.testing.assert_allclose(got, np.exp(-0.5 * 8.5**2) * v[::-1], rtol=1e-6)
+
+
+def _pair_messages(distance, method, normalization):
+    """Messages of one term (w = 1) to two points ``distance`` apart, without themselves."""
+    f = np.array([[0.0, 0.0], [distance, 0.0]], np.float32)
+    q = np.array([[0.3, 0.7], [0.9, 0.1]], np.float32)
+    return crf.PairwiseTerm(f, 1.0, method, normalization, include_self=False).message(q)
+
+
+@pytest.mark.parametrize("method", sorted(crf.METHODS))
+@pytest.mark.parametrize("normalization", ["symmetric", "after"])
+def test_pixels_without_neighbours_get_no_message(method, normalization):
+    """Without itself, a pixel alone in feature space has a neighbour mass of zero (exact) or
+    of rounding noise (the lattice's K1 − s_i): its normaliser is 0, not 1/noise (messages
+    of 1e13 before), and its Q stays its unary's softmax."""
+    image = np.array([[[10, 200, 30]]], np.uint8)
+    probs = np.array([0.3, 0.7], np.float32).reshape(2, 1, 1)
+    q = crf.dense_crf(image, probs, w1=5, sigma_alpha=50, sigma_beta=3, method=method,
+                      normalization=normalization, include_self=False)
+    np.testing.assert_allclose(q.ravel(), [0.3, 0.7], rtol=1e-6)
+    np.testing.assert_array_equal(_pair_messages(8.5, method, normalization), 0.0)
+
+
+@pytest.mark.parametrize("normalization", ["symmetric", "after"])
+def test_neighbour_floor_is_root_epsilon_of_the_self_weight(normalization):
+    """The exact filter's neighbour mass exp(−d²/2) just above √ε·1 ≈ 3.45e-4 gives the
+    normalised message (the other point's Q: K̃ is then a permutation), just below it none."""
+    floor = np.sqrt(np.finfo(np.float32).eps)
+    above, below = (np.sqrt(-2 * np.log(floor * k)) for k in (1.01, 0.99))
+    np.testing.assert_allclose(_pair_messages(above, "naive", normalization), [[0.9, 0.1], [0.3, 0.7]], rtol=1e-5)
+    np.testing.assert_array_equal(_pair_messages(below, "naive", normalization), 0.0)
 
 
 GOOD = dict(w1=4.0, sigma_alpha=5.0, sigma_beta=5.0)

@@ -1,6 +1,8 @@
 """Dense CRF implementations against each other: the lattice against the exact filter (its
 approximation error, measured and pinned), the CUDA kernels against the CPU ones (under the
 CUDA simulator), CuPy against NumPy (on a GPU)."""
+import functools
+
 import numpy as np
 import pytest
 from crf_helpers import assert_same_lattice, coarse_probs, photo
@@ -45,15 +47,16 @@ def test_lattice_crf_against_exact(name, w1, sa, sb, normalization):
 def test_lattice_crf_without_self_against_exact(name, w1, sa, sb, normalization):
     """The paper's Σ_{j≠i}: without a pixel's own weight, the normalised messages rest on its
     neighbours alone, and with few of them (σβ = 3 on 48×36) the lattice's error shows more.
-    Measured: mean |ΔQ| 6e-4 (σβ 13) to 2.2e-2, labels equal on 79.9-99.3 % (at 96×72 with
-    σα doubled: 2.4e-3 to 8e-3 and 93.6-98 %). The bounds sit just above."""
+    Measured (1 and 2 threads alike): mean |ΔQ| 6.4e-4 (σβ 13) to 1.08e-2, labels equal on
+    92.1-99.3 % (at 96×72 with σα doubled: 2.1e-4 to 4.0e-3 and 97.3-99.9 %). The bounds sit
+    just above."""
     image, label = photo(name, size=(48, 36))
     probs = coarse_probs(label, 21, np.random.default_rng(1), factor=4, gain=4.0)
     args = dict(w1=w1, sigma_alpha=sa, sigma_beta=sb, normalization=normalization, include_self=False)
     q_lat = crf.dense_crf(image, probs, **args)
     q_exact = crf.dense_crf(image, probs, method="naive", **args)
-    assert np.abs(q_lat - q_exact).mean() < 2.5e-2
-    assert (q_lat.argmax(0) == q_exact.argmax(0)).mean() >= 0.79
+    assert np.abs(q_lat - q_exact).mean() < 1.2e-2
+    assert (q_lat.argmax(0) == q_exact.argmax(0)).mean() >= 0.91
 
 
 def test_exact_filter_chunks_agree(monkeypatch):
@@ -92,6 +95,20 @@ def test_cuda_lattice_kernels_match_cpu(sa, sb, channels):
     np.testing.assert_allclose(crf.LatticeFilter(f, kernels="cuda", include_self=False).self_weight,
                                crf.LatticeFilter(f, include_self=False).self_weight,
                                **(dict(rtol=1e-6) if backend.cudasim() else exact))  # the simulator: 1 ulp off the CPU loop
+
+
+@pytest.mark.cudasim
+def test_cuda_lattice_pixels_without_neighbours_get_no_message(monkeypatch):
+    """The CUDA kernels' lattice, without the pixel itself: a point alone in feature space gets
+    no message, one with neighbours the same message as on the CPU."""
+    f = np.array([[0.0, 0.0], [0.5, 0.0], [8.5, 0.0]], np.float32)
+    q = np.array([[0.3, 0.7], [0.9, 0.1], [0.6, 0.4]], np.float32)
+    cpu = crf.PairwiseTerm(f, 1.0, include_self=False).message(q)
+    monkeypatch.setitem(crf.METHODS, "lattice", functools.partial(lattice.LatticeFilter, kernels="cuda"))
+    gpu = crf.PairwiseTerm(f, 1.0, include_self=False).message(q)
+    np.testing.assert_array_equal(gpu[2], 0.0)
+    assert (gpu[:2] > 0.05).all()
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-5)
 
 
 def test_softmax_on_both_devices(xp):

@@ -21,7 +21,8 @@ Two choices the paper leaves implicit are explicit arguments:
 * ``include_self``: the paper sums over j ≠ i; the reference's filter includes j = i
   (k(f_i, f_i) = 1). With ``include_self=False`` the kernel matrix has a zero diagonal, in the
   normaliser K1 as well (on the lattice: its own diagonal, computed exactly; see
-  :class:`~minilab.crf.lattice.LatticeFilter`).
+  :class:`~minilab.crf.lattice.LatticeFilter`), and a pixel whose neighbours weigh next to
+  nothing gets no message (:class:`PairwiseTerm`).
 """
 import numpy as np
 from numba import float32, njit, prange
@@ -32,6 +33,9 @@ from . import lattice, naive, potentials
 # Each method is a filter class: built once from (N, F) features, called on (N, C) values.
 METHODS = {"naive": naive.ExactFilter, "lattice": lattice.LatticeFilter}
 NORMALIZATIONS = ("symmetric", "after", "none")
+# Without the pixel itself, a neighbour mass (K1) at or below this fraction of the pixel's own
+# weight counts as no neighbours (see PairwiseTerm): √ε of float32, about 3.5e-4.
+NEIGHBOUR_FLOOR = float(np.sqrt(np.finfo(np.float32).eps))
 
 
 def gaussian_filter(features, values, method="lattice"):
@@ -68,11 +72,32 @@ class PairwiseTerm:
     Builds the filter (for the lattice: the lattice itself) and the normaliser n from
     ``K1`` once; :meth:`add_message` then adds ``w · K̃Q`` to an energy for any ``Q``.
 
+    Without the pixel itself (``include_self=False``) a pixel's normaliser rests on its
+    neighbour mass m_i = Σ_{j≠i} k(f_i, f_j) alone, which may be tiny or zero (a pixel
+    alone in feature space). A pixel with
+
+        m_i <= √ε · s_i            (ε = 2^−23, float32's; √ε ≈ 3.5e-4)
+
+    where s_i is its own weight (k(f_i, f_i) = 1 exactly, (K_lat)_ii on the lattice), has no
+    neighbours: n_i = 0, so its message is zero and its Q stays the softmax of its unary.
+    The lattice gets m_i only as K1 − s_i, both float32 sums of size s_i, so m_i carries an
+    absolute rounding error of a few ε·s_i; the normalised message divides by m_i, and its
+    relative error ε·s_i/m_i is below √ε exactly where m_i > √ε·s_i. Below, cancellation has
+    eaten more than half of float32's digits (at m_i ≈ ε·s_i the message is pure noise, up to
+    1e13). The exact filter computes m_i without cancellation but applies the
+    same rule, so that both methods solve the same CRF.
+
     Parameters
     ----------
     features : (N, F) float32 array (:func:`bilateral_features` or :func:`spatial_features`)
     weight : float, w_m of eq. (3) (pydensecrf's ``compat``)
     method, normalization, include_self : see :func:`dense_crf`.
+
+    Attributes
+    ----------
+    norm : (N,) float32 or None
+        n = (K1)^−½ (symmetric) or (K1)^−1 (after), 0 for a pixel without neighbours; None
+        for ``normalization="none"``.
     """
 
     def __init__(self, features, weight, method="lattice", normalization="symmetric", include_self=True):
@@ -84,9 +109,11 @@ class PairwiseTerm:
         self.filter = METHODS[method](features, include_self=include_self)
         self.norm = None
         if normalization != "none":
-            k1 = xp.maximum(self.filter(xp.ones((features.shape[0], 1), dtype=np.float32))[:, 0], 0)
+            k1 = self.filter(xp.ones((features.shape[0], 1), dtype=np.float32))[:, 0].astype(np.float64)
+            if not include_self:  # no neighbours: n = 0, no message
+                k1 = xp.where(k1 > NEIGHBOUR_FLOOR * self.filter.self_weight, k1, xp.inf)
             power = 0.5 if normalization == "symmetric" else 1.0
-            self.norm = (1.0 / (k1.astype(np.float64) + 1e-20) ** power).astype(np.float32)
+            self.norm = (k1**-power).astype(np.float32)
 
     def add_message(self, q, energy):
         """``energy += w · K̃ Q`` for ``q`` and ``energy`` (N, C) float32, C-contiguous.
@@ -234,7 +261,9 @@ def dense_crf(image, probs, *, iterations=10, w1, sigma_alpha, sigma_beta, w2=3.
         Whether a pixel's own label counts in its message (j = i). The paper's sum excludes
         it; every reference implementation includes it, and its tuned weights assume that.
         Both methods support False; the lattice is then less close to the exact filter
-        where pixels have few neighbours in feature space (docs: "How far the lattice is").
+        where pixels have few neighbours in feature space (docs: "How far the lattice is"),
+        and a pixel whose neighbours weigh at most √ε ≈ 3.5e-4 of its own weight gets no
+        message (:class:`PairwiseTerm`).
     device : ``"cpu"``, ``"gpu"`` or ``"auto"``; inputs are moved there and Q is returned
         there.
 

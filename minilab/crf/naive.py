@@ -25,7 +25,15 @@ class ExactFilter:
     features : (N, F) float array, NumPy or CuPy; at most :data:`MAX_PIXELS` rows.
     include_self : bool
         False drops the diagonal of the kernel matrix (k(f_i, f_i) = 1): the sum runs over
-        j != i, as in the paper's eq. (3).
+        j != i, as in the paper's eq. (3). The diagonal is zeroed where the kernel rows are
+        built, so a pixel's sum over its neighbours alone is exact even when it is tiny
+        (subtracting v_i from the full sum afterwards would leave rounding noise of v_i's
+        size).
+
+    Attributes
+    ----------
+    self_weight : float or None
+        The weight dropped from each row, k(f_i, f_i) = 1 (None when ``include_self``).
     """
 
     def __init__(self, features, include_self=True):
@@ -35,6 +43,7 @@ class ExactFilter:
                              f"pixels (256×256), got {n}; use method='lattice'")
         self.xp = backend.array_module(features)
         self.include_self = include_self
+        self.self_weight = None if include_self else 1.0
         f = features.astype(np.float64)
         self.features = f - f.mean(axis=0)
         self.sq_norms = (self.features**2).sum(axis=1)
@@ -43,13 +52,19 @@ class ExactFilter:
         self.matrix = self._kernel_rows(0, n) if n * n <= CHUNK_ELEMENTS else None
 
     def _kernel_rows(self, start, stop):
-        """Rows start:stop of the kernel matrix exp(−½|f_i − f_j|²), float64."""
+        """Rows start:stop of the kernel matrix exp(−½|f_i − f_j|²), float64; its diagonal
+        entries (j = i) zero when ``include_self`` is False."""
         xp, f, sq = self.xp, self.features, self.sq_norms
         dist2 = sq[start:stop, None] + sq[None, :] - 2.0 * (f[start:stop] @ f.T)
-        return xp.exp(-0.5 * xp.maximum(dist2, 0.0))
+        rows = xp.exp(-0.5 * xp.maximum(dist2, 0.0))
+        if not self.include_self:
+            i = xp.arange(start, stop)
+            rows[i - start, i] = 0.0
+        return rows
 
     def __call__(self, values):
-        """``Σ_j exp(−½|f_i − f_j|²) v_j`` for ``values`` (N, C); returns (N, C) of values' dtype."""
+        """``Σ_j exp(−½|f_i − f_j|²) v_j`` (j ≠ i without ``include_self``) for ``values`` (N, C);
+        returns (N, C) of values' dtype."""
         n = self.features.shape[0]
         v = values.astype(np.float64)
         if self.matrix is not None:
@@ -60,8 +75,6 @@ class ExactFilter:
             for start in range(0, n, rows):
                 stop = min(n, start + rows)
                 out[start:stop] = self._kernel_rows(start, stop) @ v
-        if not self.include_self:
-            out -= v
         return out.astype(values.dtype)
 
     def apply(self, values, out, factor=1.0, in_scale=None, out_scale=None, accumulate=True):

@@ -24,8 +24,9 @@ def array(name, x):
     return x
 
 
-def float_array(name, x, ndim=None, finite=True):
-    """Check that ``x`` is a float32/float64 NumPy or CuPy array of ``ndim`` dimensions.
+def float_array(name, x, ndim=None, finite=True, shape=None):
+    """Check that ``x`` is a float32/float64 NumPy or CuPy array of ``ndim`` dimensions, or of
+    ``shape`` (a tuple; None on an axis allows any size there).
 
     ``finite=True`` also rejects NaN and infinity (a scan of every element, skipped inside
     :func:`finite_scans_off`). Returns ``x`` unchanged.
@@ -33,6 +34,10 @@ def float_array(name, x, ndim=None, finite=True):
     array(name, x)
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}")
+    if shape is not None and (x.ndim != len(shape) or any(s not in (None, t) for s, t in zip(shape, x.shape))):
+        wanted = ", ".join("any" if s is None else str(s) for s in shape)
+        raise ValueError(f"{name} must have shape ({wanted}{',' if len(shape) == 1 else ''}), "
+                         f"got shape {tuple(x.shape)}")
     if x.dtype not in FLOATS:
         raise TypeError(f"{name} must be float32 or float64, got dtype {x.dtype}")
     if finite and scans_on() and not bool(backend.array_module(x).isfinite(x).all()):

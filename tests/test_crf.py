@@ -280,10 +280,43 @@ def test_lattice_keeps_its_accuracy_up_to_the_limit(rng):
     assert errors[1] < 1.5 * errors[0] + 0.01, errors
 
 
+@pytest.mark.parametrize("method", sorted(crf.METHODS))
+def test_filters_check_what_they_are_applied_to(rng, method):
+    """Values with the wrong number of rows reached the lattice's kernels unchecked: a
+    segfault from the filter, heap corruption from a pairwise term."""
+    f = (rng.random((50, 5)) * 3).astype(np.float32)
+    gaussian, ones = crf.METHODS[method](f), np.ones((50, 3), np.float32)
+    wrong_rows = r"values must have shape \(50, any\), got shape \(5, 3\)"
+    with pytest.raises(ValueError, match=wrong_rows):
+        gaussian(ones[:5])
+    with pytest.raises(ValueError, match=wrong_rows):
+        crf.PairwiseTerm(f, 3.0, method).message(ones[:5])
+    with pytest.raises(ValueError, match=r"values must have shape \(50, any\), got shape \(50,\)"):
+        gaussian(ones[:, 0])
+    with pytest.raises(TypeError, match="values must be float32 or float64"):
+        gaussian(ones.astype(np.int32))
+    with pytest.raises(TypeError, match="values must be a NumPy or CuPy array"):
+        gaussian(ones.tolist())
+    with pytest.raises(ValueError, match=r"out must have shape \(50, 3\)"):
+        gaussian.apply(ones, ones[:, :2])
+    with pytest.raises(ValueError, match=r"in_scale must have shape \(50,\)"):
+        gaussian.apply(ones, ones.copy(), in_scale=ones[:49, 0])
+    with pytest.raises(ValueError, match=r"out_scale must have shape \(50,\)"):
+        gaussian.apply(ones, ones.copy(), out_scale=ones[:, :2])
+    for features in (np.zeros((0, 2), np.float32), np.zeros((4, 0), np.float32)):
+        with pytest.raises(ValueError, match="N >= 1 points and d >= 1"):
+            crf.METHODS[method](features)
+    with pytest.raises(ValueError, match="features must have 2 dimensions"):
+        crf.METHODS[method](f[0])
+
+
 def test_gaussian_filter_checks_its_inputs():
     f = np.zeros((4, 2), np.float32)
-    with pytest.raises(ValueError, match="N >= 1 points and d >= 1"):
-        crf.gaussian_filter(np.zeros((4, 0), np.float32), np.zeros(4, np.float32))
+    for method in crf.METHODS:
+        with pytest.raises(ValueError, match="N >= 1 points and d >= 1"):
+            crf.gaussian_filter(np.zeros((4, 0), np.float32), np.zeros(4, np.float32), method=method)
+        with pytest.raises(ValueError, match="N >= 1 points and d >= 1"):
+            crf.gaussian_filter(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), method=method)
     with pytest.raises(ValueError, match="values must be"):
         crf.gaussian_filter(f, np.zeros((5, 2), np.float32))
     with pytest.raises(ValueError, match="features must have 2 dimensions"):

@@ -43,6 +43,7 @@ import numpy as np
 from numba import float32, int32, njit, prange
 
 from .. import backend
+from .potentials import check_features, check_filter_arrays
 
 HALF = np.float32(0.5)
 # Lattice points have integer coordinates; float32 holds every integer exactly only up to
@@ -507,11 +508,8 @@ def embed(features, kernels=None):
     bary : (N, d+2) float32, the weights of vertices 0..d in columns 0..d (column d+1 is
         scratch), each row summing to 1
     """
-    xp = backend.array_module(features)
+    xp = backend.array_module(check_features(features))
     n, d = features.shape
-    if n < 1 or d < 1:
-        raise ValueError(f"features must be (N, d) with N >= 1 points and d >= 1 dimensions, "
-                         f"got shape {tuple(features.shape)}")
     scale = scale_factors(d)
     # |elevated_j| <= max|f| · (Σ_k s_k + j·s_{j−1}) by the elevation's formula (_embed_point)
     top = float(xp.abs(features).max())
@@ -574,10 +572,10 @@ class LatticeFilter:
         self.xp = xp
         self.include_self = include_self
         self.kernels = kernels or ("cuda" if xp is not np else "numba")
+        _, rem0, rank, bary = embed(features, self.kernels)  # checks the features
         n, d = features.shape
         self.d = d
         self.alpha = slice_alpha(d)
-        _, rem0, rank, bary = embed(features, self.kernels)
         self.weights = xp.ascontiguousarray(bary[:, :d + 1])
         # Vertex coordinates lie within d of rem0's; leave room for the blur's shifts of up to d.
         # one transfer; the copy into one contiguous run lets CuPy reduce it with CUB (on the
@@ -684,6 +682,7 @@ class LatticeFilter:
         factor : float, a weight w_m
         in_scale, out_scale : (N,) float32 per-point scales (the normalisation n), or None
         """
+        check_filter_arrays(self.offsets.shape[0], values, out, in_scale, out_scale)
         xp = self.xp
         n, c = values.shape
         m = self.n_vertices
@@ -709,6 +708,7 @@ class LatticeFilter:
         return out
 
     def __call__(self, values):
-        """Filter ``values`` (N, C) float32; returns a new (N, C) float32 array."""
+        """Filter ``values`` (N, C) float; returns a new (N, C) float32 array."""
+        check_filter_arrays(self.offsets.shape[0], values)
         values = self.xp.ascontiguousarray(values, dtype=np.float32)
         return self.apply(values, self.xp.empty_like(values), accumulate=False)

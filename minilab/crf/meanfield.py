@@ -55,15 +55,13 @@ def gaussian_filter(features, values, method="lattice"):
     out : float32 array of the shape of ``values``, on the device of ``features``.
     """
     validate.choice("method", method, METHODS)
-    validate.float_array("features", features, ndim=2)
+    gaussian = METHODS[method](features)  # checks the features
     validate.float_array("values", values)
     backend.array_module(features, values)
     if values.ndim not in (1, 2) or values.shape[0] != features.shape[0]:
         raise ValueError(f"values must be (N,) or (N, C) with N = features.shape[0] = {features.shape[0]}, "
                          f"got shape {tuple(values.shape)}")
-    v = values.reshape(values.shape[0], -1).astype(np.float32)
-    out = METHODS[method](features.astype(np.float32))(v)
-    return out.reshape(values.shape)
+    return gaussian(values.reshape(values.shape[0], -1).astype(np.float32)).reshape(values.shape)
 
 
 class PairwiseTerm:

@@ -10,6 +10,7 @@ NumPy and CuPy.
 import numpy as np
 
 from .. import backend
+from .potentials import check_features, check_filter_arrays
 
 # Largest image the exact filter accepts (N pixels; the work per filter is N² kernel values).
 MAX_PIXELS = 65536
@@ -37,7 +38,7 @@ class ExactFilter:
     """
 
     def __init__(self, features, include_self=True):
-        n = features.shape[0]
+        n = check_features(features).shape[0]
         if n > MAX_PIXELS:
             raise ValueError(f"method='naive' is exact and O(N²): it accepts at most {MAX_PIXELS} "
                              f"pixels (256×256), got {n}; use method='lattice'")
@@ -66,6 +67,7 @@ class ExactFilter:
         """``Σ_j exp(−½|f_i − f_j|²) v_j`` (j ≠ i without ``include_self``) for ``values`` (N, C);
         returns (N, C) of values' dtype."""
         n = self.features.shape[0]
+        check_filter_arrays(n, values)
         v = values.astype(np.float64)
         if self.matrix is not None:
             out = self.matrix @ v
@@ -79,6 +81,7 @@ class ExactFilter:
 
     def apply(self, values, out, factor=1.0, in_scale=None, out_scale=None, accumulate=True):
         """``out (+)= factor · out_scale ⊙ K(in_scale ⊙ values)`` (the lattice's signature)."""
+        check_filter_arrays(self.features.shape[0], values, out, in_scale, out_scale)
         if in_scale is not None:
             values = in_scale[:, None] * values
         result = self(values)

@@ -56,6 +56,30 @@ def check_probs(probs, tolerance=1e-3):
     return probs
 
 
+def check_features(features):
+    """Check an ``(N, d)`` float feature array, N >= 1 points and d >= 1 dimensions, finite."""
+    validate.float_array("features", features, ndim=2)
+    if min(features.shape) < 1:
+        raise ValueError(f"features must be (N, d) with N >= 1 points and d >= 1 dimensions, "
+                         f"got shape {tuple(features.shape)}")
+    return features
+
+
+def check_filter_arrays(n, values, out=None, in_scale=None, out_scale=None):
+    """Check the arrays a filter built on ``n`` points is applied to: ``values`` (N, C) float,
+    ``out`` of the same shape, ``in_scale`` and ``out_scale`` (N,) float (None: not given).
+
+    Shapes and dtypes only, no scan of the values: this runs at every mean-field step, and
+    the kernels would read or write out of bounds on a wrong size.
+    """
+    validate.float_array("values", values, shape=(n, None), finite=False)
+    if out is not None:
+        validate.float_array("out", out, shape=values.shape, finite=False)
+    for name, scale in (("in_scale", in_scale), ("out_scale", out_scale)):
+        if scale is not None:
+            validate.float_array(name, scale, shape=(n,), finite=False)
+
+
 def spatial_features(shape, sigma_gamma, device="cpu"):
     """Smoothness-kernel features f = (x/σγ, y/σγ), x the column and y the row.
 

@@ -47,12 +47,14 @@ def test_agrees_with_pydensecrf_on_voc_photos(name, w1, sa, sb):
         assert_agrees(q, reference(image, probs, w1, sa, sb))
 
 
-def test_normalize_after_agrees_with_pydensecrf():
+@pytest.mark.parametrize("normalization, reference_normalization", [("after", "NORMALIZE_AFTER"),
+                                                                     ("none", "NO_NORMALIZATION")])
+def test_other_normalizations_agree_with_pydensecrf(normalization, reference_normalization):
     rng = np.random.default_rng(8)
     image, label = photo("2007_000033", shrink=3)
     probs = coarse_probs(label, 21, rng)
-    q = crf.dense_crf(image, probs, w1=5, sigma_alpha=50, sigma_beta=3, normalization="after")
-    assert_agrees(q, reference(image, probs, 5, 50, 3, normalization=dcrf.NORMALIZE_AFTER))
+    q = crf.dense_crf(image, probs, w1=5, sigma_alpha=50, sigma_beta=3, normalization=normalization)
+    assert_agrees(q, reference(image, probs, 5, 50, 3, normalization=getattr(dcrf, reference_normalization)))
 
 
 def test_iterations_agree_one_by_one():

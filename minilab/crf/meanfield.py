@@ -254,7 +254,7 @@ def dense_crf(image, probs, *, iterations=10, w1, sigma_alpha, sigma_beta, w2=3.
         :data:`minilab.crf.naive.MAX_PIXELS` pixels).
     normalization : ``"symmetric"`` (default; pydensecrf's NORMALIZE_SYMMETRIC),
         ``"after"`` (NORMALIZE_AFTER, the NIPS 2011 code DeepLab shipped) or ``"none"``
-        (eq. 3 as printed).
+        (eq. 3 as printed; NO_NORMALIZATION).
     include_self : bool, default True
         Whether a pixel's own label counts in its message (j = i). The paper's sum excludes
         it; every reference implementation includes it, and its tuned weights assume that.

@@ -54,6 +54,15 @@ def test_search_equals_exhaustive_grid(tiny_set):
     assert key(best) == max(everything, key=everything.get)
 
 
+def test_a_value_reached_by_other_arithmetic_is_not_scored_twice(tiny_set):
+    """0.1·3 (0.30000000000000004) in the coarse grid is the fine round's 0.3: one setting."""
+    best, table = tune.cross_validate(tiny_set[:1], coarse=dict(w1=(3.0,), sigma_alpha=(3.0,), sigma_beta=(0.1 * 3,)),
+                                      rounds=1, progress=False, **FIXED)
+    keys = [key(r) for r in table]
+    assert len(keys) == len(set(keys)) == 3 * 2 * 2  # σα − 5 and σβ − 0.5 are <= 0, dropped
+    assert (3.0, 3.0, 0.3) in keys
+
+
 def test_bad_arguments(tiny_set):
     best, table = tune.cross_validate(tiny_set[:1], coarse=dict(w1=(3.0,), sigma_alpha=(2.0,), sigma_beta=(5.0, 9.0)),
                                       rounds=0, progress=False, **FIXED)  # the coarse grid alone
@@ -62,6 +71,12 @@ def test_bad_arguments(tiny_set):
         tune.cross_validate([], progress=False)
     with pytest.raises(ValueError, match="missing 'sigma_beta'"):
         tune.cross_validate(tiny_set, coarse=dict(w1=(3.0,), sigma_alpha=(2.0,)), progress=False)
+    with pytest.raises(ValueError, match="fine_steps must give a value.*missing 'w1'"):
+        tune.cross_validate(tiny_set, fine_steps=dict(sigma_alpha=5.0, sigma_beta=0.5), progress=False)
+    with pytest.raises(TypeError, match=r"coarse\['w1'\] must be a sequence of values, got 3.0"):
+        tune.cross_validate(tiny_set, coarse=dict(tune.COARSE_GRID, w1=3.0), progress=False)
+    with pytest.raises(TypeError, match=r"grid\['sigma_beta'\] values must be a real number"):
+        tune.grid_search(tiny_set, dict(w1=(3.0,), sigma_alpha=(2.0,), sigma_beta=("5",)), progress=False)
     with pytest.raises(ValueError, match="rounds"):
         tune.cross_validate(tiny_set, rounds=-1, progress=False)
     with pytest.raises(ValueError, match="grid key"):

@@ -62,27 +62,48 @@ def score(samples, *, w1, sigma_alpha, sigma_beta, w2=3.0, sigma_gamma=3.0, iter
 def grid_search(samples, grid, *, progress=True, desc="grid", table=None, **options):
     """Score every combination of ``grid`` (a dict ``name -> values`` over w1, σα, σβ).
 
-    Settings already in ``table`` (a list of rows from an earlier call) are not scored
+    Each value is kept to 12 significant digits (:func:`_tidy`), so that a value and the
+    same value reached by other arithmetic (0.1·3 and 0.3) are one setting. Settings already
+    in ``table`` (a list of rows from an earlier call) or repeated in ``grid`` are not scored
     again. Returns the list of rows, ``table`` extended: one dict per setting with the
     three parameters, ``"miou"`` and ``"stage"`` (``desc``). ``options`` go to :func:`score`.
     """
     _check_grid("grid", grid)
     table = [] if table is None else table
     done = {tuple(row[n] for n in NAMES) for row in table}
-    settings = [s for s in itertools.product(*(grid[n] for n in NAMES)) if s not in done]
+    tidy = itertools.product(*([_tidy(v) for v in grid[n]] for n in NAMES))
+    settings = [s for s in dict.fromkeys(tidy) if s not in done]
     for setting in tqdm(settings, desc=desc, unit="setting", disable=not progress):
         params = dict(zip(NAMES, setting))
         table.append(dict(params, miou=score(samples, **params, **options), stage=desc))
     return table
 
 
+def _tidy(value):
+    """A grid value to 12 significant digits, the key it is scored and remembered under:
+    far finer than any CRF parameter matters, far coarser than float64's rounding noise."""
+    return float(f"{value:.12g}")
+
+
 def _check_grid(name, grid):
-    """A grid names only w1, σα, σβ, and gives each at least one value."""
-    for key in grid:
+    """A grid names only w1, σα, σβ, and gives each a sequence of at least one real number."""
+    _check_names(name, grid)
+    for key in NAMES:
+        if not isinstance(grid[key], (tuple, list, np.ndarray)):
+            raise TypeError(f"{name}[{key!r}] must be a sequence of values, got {grid[key]!r}")
+        if len(grid[key]) == 0:
+            raise ValueError(f"{name} must give at least one value for each of {NAMES}, missing {key!r}")
+        for value in grid[key]:
+            validate.real(f"{name}[{key!r}] values", value)
+
+
+def _check_names(name, mapping):
+    """``mapping`` has exactly the keys w1, σα, σβ."""
+    for key in mapping:
         validate.choice(f"{name} key", key, NAMES)
     for key in NAMES:
-        if key not in grid or len(grid[key]) == 0:
-            raise ValueError(f"{name} must give at least one value for each of {NAMES}, missing {key!r}")
+        if key not in mapping:
+            raise ValueError(f"{name} must give a value for each of {NAMES}, missing {key!r}")
 
 
 def best_row(table):
@@ -126,6 +147,7 @@ def cross_validate(samples, *, coarse=COARSE_GRID, fine_steps=FINE_STEPS, rounds
     if len(samples) == 0:
         raise ValueError("samples must hold at least one (image, probs, labels) triple")
     _check_grid("coarse", coarse)
+    _check_names("fine_steps", fine_steps)
     for name in NAMES:
         validate.positive(f"fine_steps[{name!r}]", fine_steps[name])
     options = dict(w2=w2, sigma_gamma=sigma_gamma, iterations=iterations, method=method,
@@ -134,10 +156,8 @@ def cross_validate(samples, *, coarse=COARSE_GRID, fine_steps=FINE_STEPS, rounds
     steps = dict(fine_steps)
     for r in range(1, rounds + 1):
         best = best_row(table)
-        grid = {n: [v for v in np.round(best[n] + steps[n] * np.array([-1.0, 0.0, 1.0]), 6) if v > 0]
-                for n in NAMES}
-        grid_search(samples, {n: [float(v) for v in vs] for n, vs in grid.items()},
-                    desc=f"fine {r}", table=table, **options)
+        grid = {n: [best[n] + d * steps[n] for d in (-1, 0, 1) if best[n] + d * steps[n] > 0] for n in NAMES}
+        grid_search(samples, grid, desc=f"fine {r}", table=table, **options)
         steps = {n: s / 2 for n, s in steps.items()}
     best = best_row(table)
     return dict({n: best[n] for n in NAMES}, w2=w2, sigma_gamma=sigma_gamma), table

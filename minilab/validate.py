@@ -88,14 +88,23 @@ def integer(name, value, minimum=None):
     return int(value)
 
 
-def real(name, value, positive=False):
-    """Check that ``value`` is a finite real number (not a bool), and > 0 when ``positive``;
-    returns it as a float."""
+def real(name, value, positive=False, minimum=None):
+    """Check that ``value`` is a finite real number (not a bool), > 0 when ``positive`` and
+    >= ``minimum`` when given; returns it as a float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     if not np.isfinite(value) or (positive and value <= 0):
         raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return float(value)
+
+
+def boolean(name, value):
+    """Check that ``value`` is a bool (Python's or NumPy's); returns it as a bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def positive(name, value):

@@ -231,6 +231,10 @@ GOOD = dict(w1=4.0, sigma_alpha=5.0, sigma_beta=5.0)
     (lambda im, p, kw: (im, p, {**kw, "iterations": 2.5}), TypeError, "iterations"),
     (lambda im, p, kw: (im, p, {**kw, "w1": float("inf")}), ValueError, "w1"),
     (lambda im, p, kw: (im, p, {**kw, "w2": "3"}), TypeError, "w2 must be a real number"),
+    # 3e38 is a finite float32, but w·K̃Q overflowed to infinite energies and a Q of NaN
+    (lambda im, p, kw: (im, p, {**kw, "w1": 3e38}), ValueError, "w1 must be at most 8388608"),
+    (lambda im, p, kw: (im, p, {**kw, "w2": -2.0**23 - 1}), ValueError, "w2 must be at most"),
+    (lambda im, p, kw: (im, p, {**kw, "include_self": "no"}), TypeError, "include_self must be True or False"),
     (lambda im, p, kw: (im[:0], p[:, :0], kw), ValueError, "at least one pixel"),
     (lambda im, p, kw: (im, p[:, :, :0], kw), ValueError, "at least 2 labels and one pixel"),
     # positions and colours divided by σ = 1e-30 overflow the lattice's coordinates
@@ -244,6 +248,27 @@ def test_bad_inputs_raise_clear_errors(rng, change, error, match):
     image, probs, kwargs = change(_image(rng), _probs(rng, 3, 6, 5), dict(GOOD))
     with pytest.raises(error, match=match):
         crf.dense_crf(image, probs, **kwargs)
+
+
+def test_crf_pieces_check_their_arguments():
+    f = np.zeros((4, 2), np.float32)
+    with pytest.raises(ValueError, match="weight must be a finite number"):
+        crf.PairwiseTerm(f, float("nan"))
+    with pytest.raises(TypeError, match="weight must be a real number"):
+        crf.PairwiseTerm(f, "3")
+    for method in crf.METHODS:
+        with pytest.raises(TypeError, match="include_self must be True or False"):
+            crf.PairwiseTerm(f, 3.0, method, include_self=None)
+    with pytest.raises(ValueError, match="energy must have 2 dimensions"):
+        crf.softmax_labels(np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match="energy must be a NumPy or CuPy array"):
+        crf.softmax_labels([[1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"out must have shape \(2, 3\)"):
+        crf.softmax_labels(np.zeros((2, 3), np.float32), out=np.zeros((3, 3), np.float32))
+    with pytest.raises(TypeError, match="probs must be a NumPy or CuPy array"):
+        crf.log_probs([[[0.5]], [[0.5]]])
+    assert crf.dense_crf(np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 2), 0.5, np.float32), w1=2.0**23,
+                         sigma_alpha=5.0, sigma_beta=5.0).sum() == pytest.approx(4.0)  # the largest weight
 
 
 def test_naive_refuses_big_images():

@@ -21,6 +21,14 @@ def test_coarse_probs_look_like_a_stride_8_network(rng):
     assert 0.2 < probs[15][near].mean() < 0.8  # uncertain along it
     with pytest.raises(ValueError, match="labels"):
         experiment.coarse_probs(labels[None])
+    with pytest.raises(TypeError, match="labels must be a NumPy or CuPy array"):
+        experiment.coarse_probs(labels.tolist())
+    with pytest.raises(TypeError, match="labels must have an integer dtype"):
+        experiment.coarse_probs(labels.astype(np.float32))
+    with pytest.raises(ValueError, match="blur must be >= 0"):
+        experiment.coarse_probs(labels, blur=-1.0)
+    with pytest.raises(ValueError, match="noise must be >= 0"):
+        experiment.coarse_probs(labels, noise=-1.0)
 
 
 def test_crf_gain_is_positive():

@@ -87,9 +87,14 @@ def coarse_probs(labels, num_classes=NUM_CLASSES, *, factor=8, blur=1.0, gain=1.
     -------
     probs : ndarray of float32, C×H×W, summing to 1 over C.
     """
+    validate.label_array("labels", labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be H×W, got shape {labels.shape}")
+    num_classes = validate.integer("num_classes", num_classes, minimum=1)
     factor = validate.integer("factor", factor, minimum=1)
+    blur = validate.real("blur", blur, minimum=0)
+    gain = validate.real("gain", gain)
+    noise = validate.real("noise", noise, minimum=0)
     rng = np.random.default_rng() if rng is None else rng
     h, w = labels.shape
     hc, wc = -(-h // factor), -(-w // factor)

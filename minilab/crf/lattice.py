@@ -42,7 +42,7 @@ import numba
 import numpy as np
 from numba import float32, int32, njit, prange
 
-from .. import backend
+from .. import backend, validate
 from .potentials import check_features, check_filter_arrays
 
 HALF = np.float32(0.5)
@@ -570,7 +570,7 @@ class LatticeFilter:
     def __init__(self, features, kernels=None, include_self=True):
         xp = backend.array_module(features)
         self.xp = xp
-        self.include_self = include_self
+        self.include_self = validate.boolean("include_self", include_self)
         self.kernels = kernels or ("cuda" if xp is not np else "numba")
         _, rem0, rank, bary = embed(features, self.kernels)  # checks the features
         n, d = features.shape

@@ -36,6 +36,21 @@ NORMALIZATIONS = ("symmetric", "after", "none")
 # Without the pixel itself, a neighbour mass (K1) at or below this fraction of the pixel's own
 # weight counts as no neighbours (see PairwiseTerm): √ε of float32, about 3.5e-4.
 NEIGHBOUR_FLOOR = float(np.sqrt(np.finfo(np.float32).eps))
+# Largest |w| of a kernel: 1/ε of float32, 2**23. A normalised message is of order 1, so a
+# larger weight puts the energies where float32 spaces its values more than 1 apart, coarser
+# than the differences of log P that the unaries contribute: the network's probabilities
+# stop counting. The bound also keeps w·K̃Q far from float32's overflow (3.4e38, where
+# energies became infinite and Q NaN).
+MAX_WEIGHT = float(1 / np.finfo(np.float32).eps)
+
+
+def check_weight(name, value):
+    """A kernel weight w_m: a real number with |w| <= :data:`MAX_WEIGHT`; returns it as a float."""
+    value = validate.real(name, value)
+    if abs(value) > MAX_WEIGHT:
+        raise ValueError(f"{name} must be at most {MAX_WEIGHT:.0f} = 2**23 in magnitude (beyond it the "
+                         f"messages drown the unaries in float32 rounding), got {value:g}")
+    return value
 
 
 def gaussian_filter(features, values, method="lattice"):
@@ -102,7 +117,7 @@ class PairwiseTerm:
         validate.choice("method", method, METHODS)
         validate.choice("normalization", normalization, NORMALIZATIONS)
         xp = backend.array_module(features)
-        self.weight = float(weight)
+        self.weight = check_weight("weight", weight)
         self.normalization = normalization
         self.filter = METHODS[method](features, include_self=include_self)
         self.norm = None
@@ -172,6 +187,9 @@ def softmax_labels(energy, out=None):
     took 185 µs a step on an NVIDIA H100 for 500×375 pixels and 21 labels (2 ms of a
     10-iteration CRF).
     """
+    validate.float_array("energy", energy, ndim=2, finite=False)
+    if out is not None:
+        validate.float_array("out", out, shape=energy.shape, finite=False)
     xp = backend.array_module(energy)
     out = xp.empty_like(energy) if out is None else out
     if xp is np:
@@ -249,7 +267,8 @@ def dense_crf(image, probs, *, iterations=10, w1, sigma_alpha, sigma_beta, w2=3.
         (pydensecrf's bilateral ``compat``, ``sxy``, ``srgb``). The paper cross-validates
         w1 ∈ [3, 6], σα ∈ [30, 100], σβ ∈ [3, 6]; pydensecrf's examples use 10, 80, 13.
     w2, sigma_gamma : smoothness kernel weight and width (pydensecrf's Gaussian
-        ``compat``, ``sxy``); the paper fixes both at 3.
+        ``compat``, ``sxy``); the paper fixes both at 3. Weights are real numbers with
+        |w| <= :data:`MAX_WEIGHT` = 2^23.
     method : ``"lattice"`` (permutohedral, O(N)) or ``"naive"`` (exact, O(N²), at most
         :data:`minilab.crf.naive.MAX_PIXELS` pixels).
     normalization : ``"symmetric"`` (default; pydensecrf's NORMALIZE_SYMMETRIC),
@@ -276,7 +295,7 @@ def dense_crf(image, probs, *, iterations=10, w1, sigma_alpha, sigma_beta, w2=3.
     image = potentials.check_image(backend.to_device(image, device))
     probs = potentials.check_probs(backend.to_device(probs, device))
     iterations = validate.integer("iterations", iterations, minimum=0)
-    w1, w2 = validate.real("w1", w1), validate.real("w2", w2)
+    w1, w2 = check_weight("w1", w1), check_weight("w2", w2)
     validate.choice("method", method, METHODS)
     validate.choice("normalization", normalization, NORMALIZATIONS)
     c, h, w = probs.shape

@@ -9,7 +9,7 @@ NumPy and CuPy.
 """
 import numpy as np
 
-from .. import backend
+from .. import backend, validate
 from .potentials import check_features, check_filter_arrays
 
 # Largest image the exact filter accepts (N pixels; the work per filter is N² kernel values).
@@ -43,7 +43,7 @@ class ExactFilter:
             raise ValueError(f"method='naive' is exact and O(N²): it accepts at most {MAX_PIXELS} "
                              f"pixels (256×256), got {n}; use method='lattice'")
         self.xp = backend.array_module(features)
-        self.include_self = include_self
+        self.include_self = validate.boolean("include_self", include_self)
         self.self_weight = None if include_self else 1.0
         f = features.astype(np.float64)
         self.features = f - f.mean(axis=0)

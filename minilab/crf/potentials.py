@@ -140,6 +140,7 @@ def log_probs(probs):
     ``probs`` is ``C×H×W``; the result is laid out pixel by pixel (all labels of a pixel
     contiguous), the layout every filter in :mod:`minilab.crf` works on.
     """
+    validate.float_array("probs", probs, ndim=3, finite=False)
     xp = backend.array_module(probs)
     c = probs.shape[0]
     p = xp.ascontiguousarray(probs.reshape(c, -1).T, dtype=np.float32)

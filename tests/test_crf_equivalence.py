@@ -111,6 +111,15 @@ def test_cuda_lattice_pixels_without_neighbours_get_no_message(monkeypatch):
     np.testing.assert_allclose(gpu, cpu, rtol=1e-5)
 
 
+@pytest.mark.cudasim
+def test_cuda_lattice_filters_zero_channels():
+    """No channels: an empty result, as on the CPU (the CUDA launch shape divided by zero)."""
+    f = np.random.default_rng(9).random((30, 3)).astype(np.float32)
+    for kernels in ("numba", "cuda"):
+        out = crf.LatticeFilter(f, kernels=kernels)(np.zeros((30, 0), np.float32))
+        assert out.shape == (30, 0) and out.dtype == np.float32
+
+
 def test_softmax_on_both_devices(xp):
     e = np.random.default_rng(5).normal(0, 5, (40, 6)).astype(np.float32)
     q = backend.to_numpy(crf.softmax_labels(xp.asarray(e)))

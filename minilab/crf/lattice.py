@@ -685,6 +685,8 @@ class LatticeFilter:
         check_filter_arrays(self.offsets.shape[0], values, out, in_scale, out_scale)
         xp = self.xp
         n, c = values.shape
+        if c == 0:  # nothing to filter (and no CUDA launch has zero threads)
+            return out
         m = self.n_vertices
         in_scale = self.ones if in_scale is None else in_scale
         out_scale = self.ones if out_scale is None else out_scale

@@ -88,6 +88,14 @@ def test_dense_crf_returns_a_distribution(rng, method):
     np.testing.assert_allclose(q0, probs, atol=1e-6)
 
 
+def test_zero_iterations_return_the_start():
+    """Q₀ = softmax(log max(P, 1e-10)): a zero lifted to 1e-10, a pixel off by 4e-4 renormalised."""
+    probs = np.array([[[1.0, 0.5]], [[0.0, 0.5004]]], np.float32)
+    q0 = crf.dense_crf(np.zeros((1, 2, 3), np.uint8), probs, iterations=0, **GOOD)
+    floored = np.maximum(probs.astype(np.float64), 1e-10)
+    np.testing.assert_allclose(q0, floored / floored.sum(0), rtol=1e-6)
+
+
 def test_crf_smooths_towards_the_image(rng):
     """Two flat colour regions, unaries that are right only by a small margin with noise:
     the CRF labels each region by its colour."""

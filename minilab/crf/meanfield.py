@@ -240,7 +240,8 @@ def dense_crf(image, probs, *, iterations=10, w1, sigma_alpha, sigma_beta, w2=3.
               method="lattice", normalization="symmetric", include_self=True, device="cpu"):
     """Fully connected CRF (DeepLab §3.3, eq. 2-3) by mean-field inference.
 
-    Starts from Q = P (the softmax of −θ = log P) and runs ``iterations`` synchronous updates
+    Starts from Q₀ = softmax_l(log max(P, 1e-10)), the reference's start softmax(−θ), and
+    runs ``iterations`` synchronous updates
 
         Q_i(l) ← softmax_l( log P_i(l) + w1 (K̃_α Q)_i(l) + w2 (K̃_γ Q)_i(l) )
 
@@ -262,7 +263,10 @@ def dense_crf(image, probs, *, iterations=10, w1, sigma_alpha, sigma_beta, w2=3.
     ----------
     image : (H, W, 3) uint8 photo, or (H, W, F) float feature image (any F >= 1)
     probs : (C, H, W) float32/float64 probabilities (C >= 2, each pixel summing to 1)
-    iterations : int >= 0 (the paper uses 10; 0 returns P)
+    iterations : int >= 0
+        The paper uses 10. 0 returns Q₀: P with entries below 1e-10 raised to 1e-10 and
+        each pixel renormalised to sum to 1, in float32 (P itself to float32 rounding where
+        every entry is >= 1e-10 and each pixel sums to 1).
     w1, sigma_alpha, sigma_beta : appearance kernel weight and widths
         (pydensecrf's bilateral ``compat``, ``sxy``, ``srgb``). The paper cross-validates
         w1 ∈ [3, 6], σα ∈ [30, 100], σβ ∈ [3, 6]; pydensecrf's examples use 10, 80, 13.

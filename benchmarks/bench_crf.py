@@ -2,8 +2,8 @@
 pydensecrf (Krähenbühl's C++ code, single-threaded) in the same run.
 
 500×375 VOC photo and the same photo upscaled to 1000×750, 21 labels, 10 iterations, both
-parameter settings: pydensecrf's example (σα 80, σβ 13, w1 4) and DeepLab's (σα 50, σβ 3,
-w1 5), with w2 = 3, σγ = 3. Reports the lattice build (both kernels) and the time per
+parameter settings: pydensecrf's example σ's (σα 80, σβ 13; its README has w1 10) with w1 4,
+and a point of DeepLab's search grid (σα 50, σβ 3, w1 5), with w2 = 3, σγ = 3. Reports the lattice build (both kernels) and the time per
 iteration separately, medians of interleaved runs, and the peak resident memory each tool
 adds (measured in a fresh process). The exact filter runs on a 40×40 crop.
 
@@ -182,8 +182,9 @@ def main():
             "1000×750) with coarse noisy unaries. 'minilab gpu': end to end, the image and probabilities start and Q ends "
             "in host memory; 'arrays on the GPU': they start and Q ends in GPU memory, as after a network on the GPU. "
             f"The CPU lattice runs on all {threads} Numba threads of the same machine. 'build' is the set-up "
-            "(features, both lattices, normalisers); per iteration = (total − build)/10. Medians of interleaved runs; the GPU "
-            "runs interleaved among themselves, apart from the CPU runs."))
+            "(features, both lattices, normalisers); per iteration = (total − build)/10. "
+            f"Medians of {args.repeat} interleaved runs ({4 * args.repeat} for the GPU runs, interleaved among "
+            "themselves, apart from the CPU runs)."))
     # the exact O(N²) filter, on a crop where it is feasible
     image, probs = problem(1, crop=40)
     sa, sb, w1 = SETTINGS["DeepLab (50, 3, 5)"]
@@ -199,8 +200,8 @@ def main():
         f"{LABELS} labels, {ITERATIONS} mean-field iterations, w2 = 3, σγ = 3; photo 2007_000346 (upscaled ×2 for "
         "1000×750) with coarse noisy unaries. pydensecrf is single-threaded C++; minilab's lattice runs with all "
         f"Numba threads ({threads}) and with 1. 'build' is the set-up (features, both lattices, normalisers; "
-        "pydensecrf: its addPairwise calls); per iteration = (total − build)/10. Medians of interleaved runs. "
-        "Peak MiB: growth of resident memory during one run, in a fresh process. The machine was shared with "
+        "pydensecrf: its addPairwise calls); per iteration = (total − build)/10. "
+        f"Medians of {args.repeat} interleaved runs. Peak MiB: growth of resident memory during one run, in a fresh process. The machine was shared with "
         "other jobs: compare ratios within one run only."))
 
 

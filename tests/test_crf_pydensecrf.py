@@ -11,7 +11,7 @@ from minilab import crf
 
 dcrf = pytest.importorskip("pydensecrf.densecrf")
 
-SETTINGS = [(4.0, 80.0, 13.0), (5.0, 50.0, 3.0)]  # (w1, σα, σβ): pydensecrf's example, DeepLab's
+SETTINGS = [(4.0, 80.0, 13.0), (5.0, 50.0, 3.0)]  # (w1, σα, σβ): pydensecrf's example σ's, DeepLab's grid
 
 
 def smooth_random_probs(c, h, w, rng):

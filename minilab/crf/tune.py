@@ -15,8 +15,9 @@ from tqdm import tqdm
 from .. import metrics, validate
 from . import dense_crf, map_labels
 
-# The setting of the released DeepLab-CRF-LargeFOV model (bilateral compat 5, sxy 50,
-# srgb 3; Gaussian compat 3, sxy 3), inside the paper's search range.
+# A point of the paper's search grid (bilateral compat 5, sxy 50, srgb 3) with its fixed
+# Gaussian kernel (compat 3, sxy 3). The released models used settings cross-validated for
+# each (DeepLab v1 LargeFOV: compat 4, sxy 121, srgb 5), not this one.
 DEEPLAB_PARAMS = dict(w1=5.0, sigma_alpha=50.0, sigma_beta=3.0, w2=3.0, sigma_gamma=3.0)
 
 # The paper's first-round grid (§4.1).

@@ -406,6 +406,7 @@ def add_train(subparsers):
 def run_train(args):
     from . import nn
     from .train import Trainer, TrainConfig, build_model, model_spec
+    from .train.checkpoint import load_checkpoint
     from .train.demo import DEMO_MODEL
 
     _set_threads(args.threads)
@@ -423,10 +424,15 @@ def run_train(args):
     crop_size = _option("--crop-size", args.crop_size, train_set.size if generated else 81)
     scale = args.scale if args.scale is not None else args.data != "digits"
     flip = args.flip if args.flip is not None else args.data != "digits"
+    # A resumed model keeps the input normalisation it was trained with (older checkpoints of
+    # folder and VOC data hold VOC's mean colour and scale 1, not today's default).
+    saved = load_checkpoint(args.checkpoint)[2]["config"] if args.resume and Path(args.checkpoint).exists() else {}
+    normalisation = {k: tuple(saved[k]) if k == "mean" else saved[k] for k in ("mean", "input_scale") if k in saved}
     config = TrainConfig(iterations=args.iterations, batch_size=args.batch_size, crop_size=crop_size,
                          base_lr=args.lr, policy=args.policy, step_size=args.step_size,
                          scale_range=(0.5, 1.5) if scale else None, flip=flip, val_every=args.val_every,
-                         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device)
+                         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
+                         **normalisation)
     val_set = _dataset(args, "val") if args.val_every and generated else None
     trainer = Trainer(build_model(spec), train_set, config, c, val_set=val_set, checkpoint=args.checkpoint,
                       model_spec=spec, data_spec=_data_spec(args, train_set))
@@ -485,9 +491,9 @@ def run_eval(args):
     saved = meta.get("data_spec") or {}
     args.data = args.data or saved.get("data", "synthetic")
     if saved.get("data") == args.data and args.data in GENERATED:
-        args.size = saved["size"] if args.size is None else args.size
-        args.scenes = saved["scenes"] if args.scenes is None else args.scenes
-        args.held_out_seed = saved["seed"]
+        args.size = saved.get("size") if args.size is None else args.size
+        args.scenes = saved.get("scenes") if args.scenes is None else args.scenes
+        args.held_out_seed = saved.get("seed", args.held_out_seed)
     dataset = _dataset(args, "val")
     c = meta["model_spec"]["num_classes"]
     if dataset.num_classes != c:

@@ -77,6 +77,8 @@ def test_bad_arguments(tiny_set):
         tune.cross_validate(tiny_set, coarse=dict(tune.COARSE_GRID, w1=3.0), progress=False)
     with pytest.raises(TypeError, match=r"grid\['sigma_beta'\] values must be a real number"):
         tune.grid_search(tiny_set, dict(w1=(3.0,), sigma_alpha=(2.0,), sigma_beta=("5",)), progress=False)
+    grid = dict(w1=range(3, 5), sigma_alpha=np.array([30.0]), sigma_beta=[3])  # any iterable of numbers
+    assert len(tune.grid_search(tiny_set[:1], grid, progress=False, **FIXED)) == 2
     with pytest.raises(ValueError, match="rounds"):
         tune.cross_validate(tiny_set, rounds=-1, progress=False)
     with pytest.raises(ValueError, match="grid key"):

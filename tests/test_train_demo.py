@@ -114,6 +114,35 @@ def test_train_on_a_folder_keeps_inputs_small_and_the_checkpoint_remembers(tmp_p
     assert "before CRF: mIoU" in capsys.readouterr().out
 
 
+def rewrite_meta(path, change):
+    """Rewrite a checkpoint's metadata with ``change(meta)``, as a checkpoint of an older minilab would hold it."""
+    arrays = dict(np.load(path))
+    meta = json.loads(str(arrays["meta"]))
+    change(meta)
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+def test_resume_keeps_the_checkpoints_normalisation_and_eval_takes_a_partial_data_spec(tmp_path, capsys):
+    images, masks = scene_folder(tmp_path)
+    folder = ["--data", "folder", "--images", str(images), "--masks", str(masks), "--num-classes", "5"]
+    run = ["train", *folder, "--batch-size", "2", "--crop-size", "41", "--policy", "step", "--lr", "1e-5",
+           "--checkpoint", str(tmp_path / "f.npz")]
+    cli.main([*run, "--iterations", "2"])
+    voc = [122.675, 116.669, 104.008]  # the default before every data source was normalised alike
+
+    def older(meta):
+        meta["config"].update(mean=voc, input_scale=1.0)
+        meta["data_spec"] = {"data": "folder"}
+    rewrite_meta(tmp_path / "f.npz", older)
+    cli.main([*run, "--iterations", "3", "--resume"])
+    config = json.loads(str(np.load(tmp_path / "f.npz")["meta"]))["config"]
+    assert config["mean"] == voc and config["input_scale"] == 1.0 and config["iterations"] == 3
+    rewrite_meta(tmp_path / "f.npz", lambda meta: meta.update(data_spec={"data": "synthetic"}))
+    cli.main(["eval", "--checkpoint", str(tmp_path / "f.npz")])  # size and scenes: the defaults
+    assert "before CRF: mIoU" in capsys.readouterr().out
+
+
 def test_eval_json_writes_null_for_absent_classes():
     assert cli._json_ready({"miou": 0.5, "class_iou": [1.0, float("nan")]}) == {"miou": 0.5, "class_iou": [1.0, None]}
 

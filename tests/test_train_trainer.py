@@ -182,9 +182,13 @@ def test_config_checks():
             TrainConfig(scale_range=bad)
     with pytest.raises(ValueError, match="mean must hold one value per colour channel"):
         TrainConfig(mean=(128, 128))
-    for name in ("input_scale", "power", "gamma", "classifier_lr_mult"):
+    for name in ("input_scale", "gamma"):
         with pytest.raises(ValueError, match=name):
             TrainConfig(**{name: 0})
+    for name in ("power", "classifier_lr_mult"):
+        TrainConfig(**{name: 0})  # a constant poly rate, a frozen classifier
+        with pytest.raises(ValueError, match=name):
+            TrainConfig(**{name: -1})
 
 
 def test_trainer_checks_the_data_against_the_model():

@@ -283,8 +283,8 @@ def dense_crf(image, probs, *, iterations=10, w1, sigma_alpha, sigma_beta, w2=3.
         it; every reference implementation includes it, and its tuned weights assume that.
         Both methods support False; the lattice is then less close to the exact filter
         where pixels have few neighbours in feature space (docs: "How far the lattice is"),
-        and a pixel whose neighbours weigh at most √ε ≈ 3.5e-4 of its own weight gets no
-        message (:class:`PairwiseTerm`).
+        and, under the symmetric and after normalisations, a pixel whose neighbours weigh at
+        most √ε ≈ 3.5e-4 of its own weight gets no message (:class:`PairwiseTerm`).
     device : ``"cpu"``, ``"gpu"`` or ``"auto"``; inputs are moved there and Q is returned
         there.
 

@@ -7,9 +7,9 @@ best point. :func:`cross_validate` does exactly that over a list of (image, prob
 triples, pooling one confusion matrix over all of them per parameter setting (the VOC way:
 counts added over images, not scores averaged).
 """
+import collections.abc
 import itertools
 
-import numpy as np
 from tqdm import tqdm
 
 from .. import metrics, validate
@@ -69,7 +69,7 @@ def grid_search(samples, grid, *, progress=True, desc="grid", table=None, **opti
     again. Returns the list of rows, ``table`` extended: one dict per setting with the
     three parameters, ``"miou"`` and ``"stage"`` (``desc``). ``options`` go to :func:`score`.
     """
-    _check_grid("grid", grid)
+    grid = _check_grid("grid", grid)
     table = [] if table is None else table
     done = {tuple(row[n] for n in NAMES) for row in table}
     tidy = itertools.product(*([_tidy(v) for v in grid[n]] for n in NAMES))
@@ -87,15 +87,17 @@ def _tidy(value):
 
 
 def _check_grid(name, grid):
-    """A grid names only w1, σα, σβ, and gives each a sequence of at least one real number."""
+    """A grid names only w1, σα, σβ, and gives each an iterable of at least one real number
+    (a tuple, a list, an array, a range); returns it with each as a tuple of floats."""
     _check_names(name, grid)
+    checked = {}
     for key in NAMES:
-        if not isinstance(grid[key], (tuple, list, np.ndarray)):
+        if isinstance(grid[key], (str, bytes)) or not isinstance(grid[key], collections.abc.Iterable):
             raise TypeError(f"{name}[{key!r}] must be a sequence of values, got {grid[key]!r}")
-        if len(grid[key]) == 0:
+        checked[key] = tuple(validate.real(f"{name}[{key!r}] values", value) for value in grid[key])
+        if not checked[key]:
             raise ValueError(f"{name} must give at least one value for each of {NAMES}, missing {key!r}")
-        for value in grid[key]:
-            validate.real(f"{name}[{key!r}] values", value)
+    return checked
 
 
 def _check_names(name, mapping):
@@ -147,7 +149,7 @@ def cross_validate(samples, *, coarse=COARSE_GRID, fine_steps=FINE_STEPS, rounds
     rounds = validate.integer("rounds", rounds, minimum=0)
     if len(samples) == 0:
         raise ValueError("samples must hold at least one (image, probs, labels) triple")
-    _check_grid("coarse", coarse)
+    coarse = _check_grid("coarse", coarse)
     _check_names("fine_steps", fine_steps)
     for name in NAMES:
         validate.positive(f"fine_steps[{name!r}]", fine_steps[name])

@@ -92,8 +92,10 @@ class TrainConfig:
             validate.integer(name, getattr(self, name), 1)
         for name in ("val_every", "checkpoint_every", "seed"):
             validate.integer(name, getattr(self, name), 0)
-        for name in ("base_lr", "power", "gamma", "classifier_lr_mult", "input_scale"):
+        for name in ("base_lr", "gamma", "input_scale"):
             validate.positive(name, getattr(self, name))
+        for name in ("power", "classifier_lr_mult"):  # 0: a constant poly rate, a frozen classifier
+            validate.real(name, getattr(self, name), minimum=0)
         validate.choice("policy", self.policy, POLICIES)
         validate.choice("device", self.device, backend.DEVICES)
         if self.scale_range is not None:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from minilab import nn
+from minilab.train.trainer import module_generators
 from nn_checks import check_module, jitter_biases
 
 
@@ -58,6 +59,8 @@ def test_nn_multiscale_of_a_module_that_holds_its_own_parameters():
     assert list(multi.state_dict()) == ["weight", "bias"]
     assert [id(p) for p in multi.parameters()] == [id(conv.weight), id(conv.bias)]
     assert list(multi.modules()) == [multi, conv]
+    dropout = nn.Dropout2d(0.5, rng=3)
+    assert list(module_generators(nn.MultiScale(dropout))) == [""]  # checkpoints keep its generator
     assert multi.receptive_field() == conv.receptive_field() == (3, 1)
     multi.to(dtype=np.float32).eval()
     assert conv.weight.data.dtype == np.float32 and not conv.training

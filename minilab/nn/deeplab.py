@@ -94,9 +94,9 @@ class MultiScale(Module):
     def children(self):
         return self.model.children()
 
-    def modules(self):
-        yield self
-        yield from self.model.modules()
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        yield from self.model.named_modules(prefix)  # the model's paths are the state dict's
 
     def _named_state(self, prefix=""):
         return self.model._named_state(prefix)  # the model's own parameters too, by its names

@@ -98,11 +98,16 @@ class Module:
                 for i, v in enumerate(value):
                     yield f"{name}.{i}", v
 
+    def named_modules(self, prefix=""):
+        """``(path, module)`` for this module (path ``prefix``) and every module below it,
+        depth first; paths join the children's names with dots (``layer1.0.conv1``)."""
+        yield prefix, self
+        for name, child in self.children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
     def modules(self):
         """This module and every module below it, depth first."""
-        yield self
-        for _, child in self.children():
-            yield from child.modules()
+        return (m for _, m in self.named_modules())
 
     def named_parameters(self, prefix=""):
         """``(name, Parameter)`` pairs in state-dict order; a shared parameter appears once."""

@@ -137,16 +137,8 @@ def param_groups(model, classifier_lr_mult=10.0, classifier=("fc8", "classifier"
 
 def module_generators(model):
     """``{module path: Generator}`` for every module keeping a ``numpy.random.Generator`` as ``rng`` (dropout)."""
-    found = {}
-
-    def walk(module, path):
-        if isinstance(getattr(module, "rng", None), np.random.Generator):
-            found[path] = module.rng
-        for name, child in module.children():
-            walk(child, f"{path}.{name}" if path else name)
-
-    walk(model, "")
-    return found
+    return {path: m.rng for path, m in model.named_modules()
+            if isinstance(getattr(m, "rng", None), np.random.Generator)}
 
 
 class Trainer:

@@ -16,10 +16,24 @@ def v3_model():
                                           dtype=np.float64))
 
 
+def frozen_model():
+    """The tiny ResNet with frozen batch norm on made-up running statistics, and other
+    eps and momentum in its head."""
+    model = nn.deeplab("tiny-resnet-aspp", num_classes=5, dropout=0.0, dtype=np.float64, seed=11, frozen_bn=True)
+    g = np.random.default_rng(3)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean[:] = g.standard_normal(m.running_mean.shape)
+            m.running_var[:] = g.uniform(0.5, 2, m.running_var.shape)
+            if not m.frozen:
+                m.eps, m.momentum = 1e-3, 0.5
+    return model
+
+
 @pytest.mark.parametrize("preset, hidden", [("tiny-resnet-aspp", 32), ("tiny-resnet-aspp", None),
-                                            ("tiny-vgg-largefov", 32), ("aspp-v3", None)])
+                                            ("tiny-vgg-largefov", 32), ("aspp-v3", None), ("frozen", None)])
 def test_nn_torch_twin_same_outputs_and_gradients(preset, hidden, rng):
-    model = (v3_model() if preset == "aspp-v3" else
+    model = (v3_model() if preset == "aspp-v3" else frozen_model() if preset == "frozen" else
              nn.deeplab(preset, num_classes=5, hidden=hidden, dropout=0.0, dtype=np.float64, seed=11))
     twin = twin_of(model)
     assert set(twin.state_dict()) == set(model.state_dict())
@@ -37,7 +51,8 @@ def test_nn_torch_twin_same_outputs_and_gradients(preset, hidden, rng):
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-8, atol=1e-10)
     grads = {name: p.grad for name, p in model.named_parameters()}
     for name, p in twin.named_parameters():
-        np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-8, atol=1e-10, err_msg=name)
+        expected = p.grad.numpy() if p.requires_grad else 0  # frozen batch norm: no gradient
+        np.testing.assert_allclose(grads[name], expected, rtol=1e-8, atol=1e-10, err_msg=name)
     for name, value in twin.state_dict().items():
         np.testing.assert_allclose(model.state_dict()[name], value.numpy(), rtol=1e-12, err_msg=name)
 

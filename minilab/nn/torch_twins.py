@@ -43,6 +43,20 @@ class ASPP(nn.Module):
         return sum(b(x) for b in self.branches)
 
 
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm on its running statistics in training too, with a fixed scale and shift:
+    minilab's ``BatchNorm2d(frozen=True)``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weight.requires_grad_(False)
+        self.bias.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode=True):
+        return super().train(False)
+
+
 def unit(cin, cout, kernel_size=1, rate=1):
     """Conv (no bias) → batch norm → ReLU, DeepLab-v3's unit."""
     return nn.Sequential(nn.Conv2d(cin, cout, kernel_size, padding=rate * (kernel_size - 1) // 2, dilation=rate,
@@ -151,7 +165,7 @@ class DeepLab(nn.Module):
 def twin_of(model):
     """An (independently built) torch twin of a minilab DeepLab on VGG or ResNet, holding
     the same weights; float64 when the model is."""
-    from . import aspp, backbones
+    from . import aspp, backbones, layers
     bb, head = model.backbone, model.head
     if isinstance(bb, backbones.VGG):
         channels, depth, n = [], [], 0
@@ -181,4 +195,14 @@ def twin_of(model):
     state = model.state_dict()
     twin = twin.to(torch.float64 if state[next(iter(state))].dtype == np.float64 else torch.float32)
     twin.load_state_dict({k: torch.from_numpy(np.array(v, order="C")) for k, v in state.items()})
+    for path, m in model.named_modules():  # batch-norm settings, which the state dict does not hold
+        if isinstance(m, layers.BatchNorm2d):
+            bn = twin.get_submodule(path)
+            if m.frozen:
+                parent, _, name = path.rpartition(".")
+                frozen = FrozenBatchNorm2d(bn.num_features).to(bn.weight.dtype)
+                frozen.load_state_dict(bn.state_dict())
+                setattr(twin.get_submodule(parent), name, frozen)
+                bn = frozen
+            bn.eps, bn.momentum = m.eps, m.momentum
     return twin

@@ -141,10 +141,16 @@ def launch(kernel, threads, *args):
     """Queue the Numba CUDA ``kernel`` with ``args`` on CuPy's current stream, after the work
     CuPy has queued there and without waiting for it (:func:`numba_view`).
 
-    ``threads`` is the number of threads, one per element, in blocks of :data:`THREADS`, or a
-    ``(grid, block)`` pair. Under the simulator the arguments are NumPy arrays and pass through.
+    ``threads`` is the number of threads, one per element, in blocks of :data:`THREADS` (0:
+    nothing is launched, as CUDA refuses a grid of no blocks), or a ``(grid, block)`` pair.
+    Under the simulator the arguments are NumPy arrays and pass through.
     """
-    grid, block = ((threads + THREADS - 1) // THREADS, THREADS) if isinstance(threads, int) else threads
+    if isinstance(threads, (int, np.integer)):
+        if threads == 0:
+            return
+        grid, block = (int(threads) + THREADS - 1) // THREADS, THREADS
+    else:
+        grid, block = threads
     stream = 0  # the default stream, which is CuPy's null stream
     if cupy is not None and not cudasim():
         pointer = cupy.cuda.get_current_stream().ptr

@@ -12,9 +12,10 @@ CUDA_KERNELS = backend.cudasim() or (backend.cuda is not None and backend.cuda.i
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "gpu" in item.keywords and not HAS_GPU:
+        # by marker, not keyword: a parametrize id such as [gpu] must not skip a CPU test
+        if item.get_closest_marker("gpu") and not HAS_GPU:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU with CuPy"))
-        if "cudasim" in item.keywords and not CUDA_KERNELS:
+        if item.get_closest_marker("cudasim") and not CUDA_KERNELS:
             item.add_marker(pytest.mark.skip(reason="needs NUMBA_ENABLE_CUDASIM=1 or a CUDA GPU"))
 
 

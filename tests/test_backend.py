@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -64,10 +65,24 @@ def test_no_gpu_fallback(monkeypatch):
     monkeypatch.setattr(backend, "_warned_fallback", False)
     with pytest.warns(RuntimeWarning, match="CPU"):
         assert backend.resolve_device("auto") == "cpu"
-    assert backend.resolve_device("auto") == "cpu"  # says so only once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # says so only once
+        assert backend.resolve_device("auto") == "cpu"
     with pytest.raises(RuntimeError, match="gpu"):
         backend.resolve_device("gpu")
     np.testing.assert_array_equal(backend.to_device([1, 2], "auto"), [1, 2])
+
+
+def test_launch_counts_threads_of_any_integer_type_and_skips_empty_work():
+    configs = []
+
+    class Kernel:  # records the launch configuration instead of running
+        def __getitem__(self, config):
+            configs.append(config[:2])
+            return lambda *args: None
+    backend.launch(Kernel(), np.int64(backend.THREADS + 1))
+    backend.launch(Kernel(), 0)
+    assert configs == [(2, backend.THREADS)]
 
 
 def test_validate_messages():

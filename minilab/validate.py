@@ -79,12 +79,15 @@ def label_array(name, x):
     return x
 
 
-def integer(name, value, minimum=None):
-    """Check that ``value`` is an integer (not a bool) no smaller than ``minimum``."""
+def integer(name, value, minimum=None, maximum=None):
+    """Check that ``value`` is an integer (not a bool) in [``minimum``, ``maximum``] (either
+    bound optional); returns it as an int."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return int(value)
 
 

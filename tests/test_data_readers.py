@@ -153,6 +153,16 @@ def test_synthetic_scenes_check_their_arguments(kwargs, match):
         data.SyntheticScenes(**kwargs)
 
 
+def test_scene_seeds_and_lengths_stay_within_32_bits():
+    """Scene i is drawn from default_rng([seed, i]), which reads 32-bit words: seed 2**32 + k
+    would give seed k's scene 1 as its scene 0."""
+    for make in (data.SyntheticScenes, data.DigitScenes):
+        with pytest.raises(ValueError, match="seed must be <= 4294967295"):
+            make(seed=2**32)
+        with pytest.raises(ValueError, match="length must be <= 4294967296"):
+            make(length=2**32 + 1)
+
+
 def test_synthetic_scenes_are_reproducible_and_varied():
     a, b = data.SyntheticScenes(20, 65, seed=3), data.SyntheticScenes(20, 65, seed=3)
     for i in (0, 7):

@@ -120,9 +120,11 @@ class DigitScenes:
     def __init__(self, length=1000, size=129, seed=0, split="train", scale_range=None, max_digits=4):
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        self.length = validate.integer("length", length, 1)
+        # scene i is drawn from default_rng([seed, i]), which reads each entry as 32-bit words:
+        # above 2**32 - 1 one seed's scenes would repeat another's
+        self.length = validate.integer("length", length, 1, 2**32)
         self.size = validate.integer("size", size, 8)
-        self.seed = validate.integer("seed", seed, 0)
+        self.seed = validate.integer("seed", seed, 0, 2**32 - 1)
         if scale_range is None:
             scale_range = (max(8, self.size // 4), max(8, self.size // 2))
         lo, hi = validate.pair("scale_range", scale_range, 8)

@@ -100,9 +100,11 @@ class SyntheticScenes:
     num_classes = len(CLASSES)
 
     def __init__(self, length=1000, size=64, seed=0, max_objects=3):
-        self.length = validate.integer("length", length, 0)
+        # scene i is drawn from default_rng([seed, i]), which reads each entry as 32-bit words:
+        # above 2**32 - 1 one seed's scenes would repeat another's
+        self.length = validate.integer("length", length, 0, 2**32)
         self.size = validate.integer("size", size, 8)
-        self.seed = validate.integer("seed", seed, 0)
+        self.seed = validate.integer("seed", seed, 0, 2**32 - 1)
         self.max_objects = validate.integer("max_objects", max_objects, 1)
 
     def __len__(self):

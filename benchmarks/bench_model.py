@@ -103,7 +103,7 @@ def main():
     kernels, suffix = cpu_kernels(torch) if device == "cpu" else ("", "")
     write_results(f"bench_model_{device}{suffix}", rows, notes=(
         f"float32, batch 1, training mode (batch statistics, dropout 0.5); median of {args.repeat} "
-        f"interleaved runs; torch {torch.__version__} with {torch.get_num_threads()} threads"
+        f"interleaved runs ({4 * args.repeat} for the bilinear row); torch {torch.__version__} with {torch.get_num_threads()} threads"
         f"{' (GPU: cuDNN and cuBLAS in plain float32, TF32 off)' if device == 'gpu' else '; ' + kernels}; "
         f"load average at the end {load}; ratio = minilab / torch (lower is better)."))
 

@@ -64,7 +64,7 @@ def launch_costs():
         "cuda.as_cuda_array of one CuPy array": lambda: cuda.as_cuda_array(arrays[0]),
         "CuPy add(a, b, out=c)": lambda: cp.add(arrays[0], arrays[1], out=arrays[2]),
         "CuPy strided slice += slice": lambda: arrays[2][1:500:2].__iadd__(arrays[3][2:501:2]),
-        "CuPy matmul 64x64": lambda: cp.matmul(arrays[0][:1024].reshape(32, 32), arrays[1].reshape(32, 32)),
+        "CuPy matmul 32x32": lambda: cp.matmul(arrays[0][:1024].reshape(32, 32), arrays[1].reshape(32, 32)),
     }
     print("\n## launch costs (µs per call, host time)")
     for name, fn in rows.items():

@@ -11,6 +11,8 @@ they work without a display (and in threads); save them with ``fig.savefig(path)
 """
 import numpy as np
 
+from . import validate
+
 
 def voc_palette():
     """The PASCAL VOC colour map: 256 RGB colours, row ``k`` the colour of class id ``k``.
@@ -48,6 +50,11 @@ def overlay(image, labels, alpha=0.5):
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != np.shape(labels):
         raise ValueError(f"image must be H×W×3 with the labels' size {np.shape(labels)}, got {image.shape}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must be uint8 (0-255, as Pillow reads it), got {image.dtype}")
+    alpha = validate.real("alpha", alpha)
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     labels = np.asarray(labels)
     out = image.astype(np.float32)
     fg = (labels != 0) & (labels != 255)
@@ -79,6 +86,8 @@ def comparison_grid(examples, path=None, titles=("image", "ground truth", "befor
     if not examples:
         raise ValueError("examples must hold at least one example")
     keys = ["image", "labels", "pred"] + (["pred_crf"] if "pred_crf" in examples[0] else [])
+    if any(("pred_crf" in ex) != ("pred_crf" in examples[0]) for ex in examples):
+        raise ValueError("examples must all have pred_crf, or none")
     fig = _figure(2.0 * len(keys), 2.0 * len(examples))
     axes = fig.subplots(len(examples), len(keys), squeeze=False)
     for row, ex in zip(axes, examples):
@@ -107,6 +116,8 @@ def training_curves(history, path=None, title=None):
     matplotlib.figure.Figure
     """
     runs = history if "loss" not in history else {"": history}
+    if not runs or any(len(h["loss"]) == 0 for h in runs.values()):
+        raise ValueError("history must hold at least one training step (its loss list is empty)")
     validated = any(h.get("val") for h in runs.values())  # no validation panel without validations
     fig = _figure(10 if validated else 6.7, 3.2)
     ax_loss, ax_lr, *ax_val = fig.subplots(1, 3 if validated else 2)

@@ -16,6 +16,7 @@ def scaled_error(analytic, numeric):
     """max |a - n| / max(|a| + |n|): rounding in the central difference is absolute (about
     1e-16·|L|/h), so entries near zero are compared on the scale of the whole gradient."""
     a, n = np.asarray(analytic, np.float64), np.asarray(numeric, np.float64)
+    assert a.shape == n.shape, (a.shape, n.shape)
     return float(np.abs(a - n).max() / max(np.abs(a).max() + np.abs(n).max(), 1e-12))
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from minilab.gradcheck import numerical_gradient, relative_error
 
@@ -16,3 +17,10 @@ def test_relative_error_detects_a_wrong_gradient(rng):
     num = numerical_gradient(lambda: x ** 2, x, np.ones(5))
     assert relative_error(num, 2 * x) < 1e-7
     assert relative_error(num, 2.1 * x) > 1e-2
+
+
+def test_checks_refuse_what_would_make_them_meaningless():
+    with pytest.raises(TypeError, match="x must be a float64 NumPy array"):
+        numerical_gradient(lambda: np.ones(2), np.ones(2, np.float32), np.ones(2))
+    with pytest.raises(ValueError, match="a and b must have one shape"):
+        relative_error(np.ones((3, 1)), np.ones((3, 4)))  # broadcasting would give 0

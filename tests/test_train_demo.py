@@ -220,3 +220,11 @@ def test_viz_pictures(tmp_path):
     viz.training_curves({"poly": history, "step": history}, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").exists()
     assert len(viz.training_curves(dict(history, val=[])).axes) == 2  # no empty validation panel
+    with pytest.raises(TypeError, match="image must be uint8"):
+        viz.overlay(image / 255.0, labels)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        viz.overlay(image, labels, alpha=1.5)
+    with pytest.raises(ValueError, match="all have pred_crf, or none"):
+        viz.comparison_grid([ex, {k: v for k, v in ex.items() if k != "pred_crf"}])
+    with pytest.raises(ValueError, match="at least one training step"):
+        viz.training_curves({"iteration": [], "loss": [], "lr": [], "val": []})

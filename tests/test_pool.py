@@ -68,6 +68,7 @@ def test_random_shapes_and_ties_match_loop_reference(h, w, k, s, p, ceil_mode, l
     if special:  # NaN and -inf, as inside a diverging network (where the finite scans are off)
         x[g.random(x.shape) < 0.2] = np.nan
         x[g.random(x.shape) < 0.3] = -np.inf
+        x[g.random(x.shape) < 0.1] = np.inf  # with -inf in a window, a sum of NaN without a NaN
     dout = g.standard_normal((1, 2, h + 2 * p, w + 2 * p))  # at least as big as the output
     ref_out, ref_dx = loop_pool(x, k, s, p, ceil_mode, dout)
     if 0 in ref_out.shape:

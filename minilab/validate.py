@@ -117,7 +117,8 @@ def positive(name, value):
 
 def pair(name, value, minimum=0):
     """An int or a pair of ints (e.g. padding), each >= ``minimum``, as a tuple of two."""
-    values = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
+    sequence = isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim == 1)
+    values = tuple(value) if sequence else (value, value)
     if len(values) != 2:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     return tuple(integer(name, v, minimum) for v in values)

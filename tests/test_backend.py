@@ -101,6 +101,7 @@ def test_validate_messages():
     with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
         validate.positive("sigma", -1)
     assert validate.pair("padding", 2) == (2, 2)
+    assert validate.pair("padding", np.array([1, 2])) == (1, 2)  # an array is a pair too
     with pytest.raises(ValueError, match="padding must be >= 0"):
         validate.pair("padding", (1, -1))
     with pytest.raises(ValueError, match="method must be one of"):

@@ -185,6 +185,11 @@ def test_bad_dout_raises(rng):
         atrous_conv2d_backward(np.full(out.shape, np.nan, np.float32), cache)
 
 
+def test_unsupported_names_an_unknown_method():
+    assert unsupported("fft", (3, 3), 1, 1) == "method must be one of " + str(sorted(METHODS)) + ", got 'fft'"
+    assert unsupported("sparse", (3, 3), 1, 2) is None
+
+
 def test_conv1d_bad_inputs(rng):
     x, w = rng.standard_normal(10), rng.standard_normal(3)
     with pytest.raises(ValueError, match="x"):

@@ -186,8 +186,8 @@ def test_bad_dout_raises(rng):
 
 
 def test_unsupported_names_an_unknown_method():
-    assert unsupported("fft", (3, 3), 1, 1) == "method must be one of " + str(sorted(METHODS)) + ", got 'fft'"
-    assert unsupported("sparse", (3, 3), 1, 2) is None
+    assert unsupported("fft", (3, 3), 1, 1) == "method must be one of " + str(sorted(["auto", *METHODS])) + ", got 'fft'"
+    assert unsupported("sparse", (3, 3), 1, 2) is None and unsupported("auto", (5, 5), 2, 2) is None
 
 
 def test_conv1d_bad_inputs(rng):

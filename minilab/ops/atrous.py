@@ -154,8 +154,8 @@ def auto_method(in_channels, out_channels, stride, rate, kernel_size=(3, 3), pix
 def unsupported(method, kernel_size, rate, stride, gpu=False):
     """Why ``method`` cannot compute a convolution with this kernel size (kh, kw), rate and
     stride (on NumPy arrays, or CuPy ones when ``gpu``): a message, or None when it can."""
-    if method not in METHODS:
-        return f"method must be one of {sorted(METHODS)}, got {method!r}"
+    if method not in METHODS and method != "auto":  # auto picks a method that can
+        return f"method must be one of {sorted(['auto', *METHODS])}, got {method!r}"
     if method == "deinterlace" and stride != 1:
         return (f"stride must be 1 for method='deinterlace' (sub-images are convolved densely), "
                 f"got stride={stride}; use method='sparse'")

@@ -5,8 +5,8 @@ For a scalar function L(x), the central difference
     dL/dx_i ≈ (L(x + h e_i) - L(x - h e_i)) / 2h
 
 has error O(h²). In float64 with h = 1e-6 an analytic gradient that is right agrees to a
-relative error of about 1e-6 or better (worst on entries whose gradient is near 0); a wrong
-one is typically off by 1e-2 or more.
+relative error of about 1e-5 or better (worst on entries whose gradient is near 0, where
+the rounding of L dominates the difference); a wrong one is typically off by 1e-2 or more.
 Every backward in minilab is checked this way.
 """
 import numpy as np

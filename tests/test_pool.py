@@ -181,7 +181,6 @@ def test_non_contiguous_input(rng):
 
 
 @pytest.mark.cudasim
-@pytest.mark.filterwarnings("ignore:invalid value encountered in scalar multiply:RuntimeWarning")  # simulator: -inf·0
 @pytest.mark.parametrize("kernel, stride, padding", [(3, 2, 1), (3, 1, 1), ((3, 2), (2, 1), (1, 0))])
 def test_cuda_kernels_match_the_cpu_kernels(kernel, stride, padding, rng):
     """The @cuda.jit twins, launched on NumPy arrays (CUDA simulator) or on a real GPU."""

@@ -95,8 +95,10 @@ class MultiScale(Module):
         return self.model.children()
 
     def named_modules(self, prefix=""):
+        """This wrapper, then the model's modules under the model's own paths (the model
+        shares this wrapper's path), as the state dict names them."""
         yield prefix, self
-        yield from self.model.named_modules(prefix)  # the model's paths are the state dict's
+        yield from self.model.named_modules(prefix)
 
     def _named_state(self, prefix=""):
         return self.model._named_state(prefix)  # the model's own parameters too, by its names

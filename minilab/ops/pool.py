@@ -172,7 +172,7 @@ def _pool_element(x, p, i, j, kh, kw, sh, sw, ph, pw, out, arg):
     a0, b0 = max(0, -r0), max(0, -q0)  # offsets inside the image only; the first starts the scan
     a1, b1 = min(kh, x.shape[1] - r0), min(kw, x.shape[2] - q0)
     best, where = x[p, r0 + a0, q0 + b0], a0 * kw + b0
-    total = best * 0  # the window's sum, from 0 of x's dtype: NaN if a value is NaN (or ±inf)
+    total = 0.0  # the window's sum: NaN if a value is NaN (or the window holds +inf and -inf)
     for a in range(a0, a1):
         for b in range(b0, b1):
             v = x[p, r0 + a, q0 + b]

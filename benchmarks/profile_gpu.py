@@ -1,6 +1,7 @@
 """Where the GPU time goes: kernel-launch costs, the dense CRF's stages, every kernel the
-models and the CRF launch (a census through torch.profiler, device times), and the models'
-layers, each timed on the host clock with the device synchronised around it.
+models and the CRF launch (a census through torch.profiler, device times), the models'
+layers, each timed on the host clock with the device synchronised around it, and where the
+host spends a model's forward+backward (cProfile, Python functions and the C calls beneath).
 
     PYTHONPATH=. python benchmarks/profile_gpu.py
 
@@ -226,9 +227,38 @@ def kernel_census():
             print(f"{count:5d} {us / 1e3:8.2f} ms  {key[:90]}")
 
 
+def host_profile(steps=10, rows=30):
+    """cProfile of the tiny ResNet's forward+backward on the GPU, no syncs inside: a host-bound
+    step is the sum of these calls, and the census's launches at their measured prices
+    account for less than the wall time, so this says where the rest goes."""
+    import cProfile
+    import pstats
+    rng = np.random.default_rng(0)
+    x = cp.asarray(rng.standard_normal((1, 3, 321, 321)).astype(np.float32))
+    model = nn.deeplab_resnet(21, blocks=(1, 1, 1, 1), width=16, rates=nn.ASPP_L, hidden=1024, seed=0)
+    model.to("gpu").train()
+    dout = cp.ones_like(model.forward(x))
+    for _ in range(2):
+        model.forward(x)
+        model.backward(dout)
+    sync()
+    profile = cProfile.Profile()
+    t = time.perf_counter()
+    profile.enable()
+    for _ in range(steps):
+        model.forward(x)
+        model.backward(dout)
+    sync()
+    profile.disable()
+    print(f"\n## host profile, tiny ResNet ASPP-L forward+backward: "
+          f"{(time.perf_counter() - t) / steps * 1e3:.1f} ms per step under cProfile, {steps} steps")
+    for key in ("tottime", "cumtime"):
+        pstats.Stats(profile, stream=sys.stdout).sort_stats(key).print_stats(rows)
+
+
 if __name__ == "__main__":
     print(backend.cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())
-    sections = (launch_costs, lambda: crf_stages(1), lambda: crf_stages(2), kernel_census,
+    sections = (launch_costs, host_profile, lambda: crf_stages(1), lambda: crf_stages(2), kernel_census,
                 lambda: model_layers(count_launches()))
     for section in sections:
         try:

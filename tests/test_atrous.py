@@ -126,6 +126,21 @@ def test_auto_method_picks_by_the_measured_rules(c, f, stride, rate, k, side, ex
         assert auto_method(c, f, stride, rate, (k, k), side * side, gpu=True) == "shifted"
 
 
+@pytest.mark.parametrize("kwargs, error, name", [
+    (dict(in_channels="64"), TypeError, "in_channels"),
+    (dict(out_channels=0), ValueError, "out_channels"),
+    (dict(stride=1.0), TypeError, "stride"),
+    (dict(rate=0), ValueError, "rate"),
+    (dict(kernel_size=(3, 3, 3)), ValueError, "kernel_size"),
+    (dict(pixels=-1), ValueError, "pixels"),
+    (dict(gpu="yes"), TypeError, "gpu"),
+])
+def test_auto_method_names_a_bad_argument(kwargs, error, name):
+    args = dict(in_channels=64, out_channels=64, stride=1, rate=1) | kwargs
+    with pytest.raises(error, match=name):
+        auto_method(**args)
+
+
 @pytest.mark.parametrize("c, f, stride", [(1, 4, 1), (4, 4, 1), (2, 2, 2)])
 def test_auto_runs_the_method_it_picks(c, f, stride, rng):
     x, w = rng.standard_normal((2, c, 9, 7)), rng.standard_normal((f, c, 3, 3))

@@ -141,11 +141,18 @@ def auto_method(in_channels, out_channels, stride, rate, kernel_size=(3, 3), pix
     41×41 446 / 381; but 256 on 41×41 29 / 33 and 512 on 33×33 73 / 82. At higher rates
     the padding dominates (fc6, 512→1024 at rate 12 on 41×41: 197 / 231).
     """
-    if tuple(kernel_size) == (3, 3) and stride == 1 and not gpu and (
+    in_channels = validate.integer("in_channels", in_channels, minimum=1)
+    out_channels = validate.integer("out_channels", out_channels, minimum=1)
+    stride = validate.integer("stride", stride, minimum=1)
+    rate = validate.integer("rate", rate, minimum=1)
+    kernel_size = validate.pair("kernel_size", kernel_size, minimum=1)
+    pixels = validate.integer("pixels", pixels, minimum=0)
+    gpu = validate.boolean("gpu", gpu)
+    if kernel_size == (3, 3) and stride == 1 and not gpu and (
             (rate == 1 and (in_channels >= 128 or (in_channels >= 64 and pixels >= 256 * 256)))
             or (rate == 2 and in_channels >= 256 and in_channels * pixels >= 3 * 2**18)):
         return "winograd"
-    if tuple(kernel_size) == (1, 1) and stride == 1:
+    if kernel_size == (1, 1) and stride == 1:
         return "shifted"
     margin = 2 if rate == 1 else 4
     return "sparse" if margin * in_channels <= out_channels * stride ** 2 else "shifted"

@@ -248,6 +248,10 @@ GOOD = dict(w1=4.0, sigma_alpha=5.0, sigma_beta=5.0)
     # positions and colours divided by σ = 1e-30 overflow the lattice's coordinates
     (lambda im, p, kw: (im, p, {**kw, "sigma_alpha": 1e-30}), ValueError, "larger sigma"),
     (lambda im, p, kw: (im, p, {**kw, "sigma_beta": 1e-30}), ValueError, "larger sigma"),
+    # σ that float32 rounds to 0, or that puts the positions past float32: named, not "NaN"
+    (lambda im, p, kw: (im, p, {**kw, "sigma_alpha": 1e-50}), ValueError, "sigma_alpha must be large enough"),
+    (lambda im, p, kw: (im, p, {**kw, "sigma_gamma": 1e-40}), ValueError, "sigma_gamma must be large enough"),
+    (lambda im, p, kw: (im, p, {**kw, "sigma_beta": 1e-40}), ValueError, "sigma_beta must be large enough"),
     (lambda im, p, kw: (im, p, {**kw, "method": "fast"}), ValueError, "method"),
     (lambda im, p, kw: (im, p, {**kw, "normalization": "sym"}), ValueError, "normalization"),
     (lambda im, p, kw: (im, p, {**kw, "device": "tpu"}), ValueError, "device"),
@@ -286,6 +290,30 @@ def test_naive_refuses_big_images():
         crf.dense_crf(image, probs, method="naive", **GOOD)
     with pytest.raises(ValueError, match="at most"):
         naive.ExactFilter(np.zeros((naive.MAX_PIXELS + 1, 2), np.float32))
+
+
+@pytest.mark.parametrize("method", sorted(crf.METHODS))
+def test_float_images_far_from_zero_keep_their_differences(method):
+    # two regions 2 apart at 1e8: in float32 both would be 1e8 (the lattice refused the
+    # features and the exact filter saw one region)
+    image = np.zeros((4, 6, 1))
+    image[:, 3:] = 2.0
+    probs = np.zeros((2, 4, 6), np.float32)
+    probs[0], probs[0, :, 3:] = 0.6, 0.3
+    probs[1] = 1 - probs[0]
+    kwargs = dict(w1=10.0, sigma_alpha=1000.0, sigma_beta=1.0, w2=0.0, iterations=5, method=method)
+    labels = crf.map_labels(crf.dense_crf(image, probs, **kwargs))
+    np.testing.assert_array_equal(labels[0], [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(crf.map_labels(crf.dense_crf(image + 1e8, probs, **kwargs)), labels)
+    np.testing.assert_array_equal(crf.bilateral_features(image + 1e8, 1000.0, 1.0)[:, 2],
+                                  np.tile([0, 0, 0, 2, 2, 2], 4))
+
+
+def test_lattice_kernels_are_named():
+    features = np.zeros((4, 2), np.float32)
+    for kernels in ("cpu", "gpu", 1):
+        with pytest.raises(ValueError, match="kernels must be one of"):
+            lattice.LatticeFilter(features, kernels=kernels)
 
 
 @pytest.mark.parametrize("offset", [1e7, 1e9, 1e20])

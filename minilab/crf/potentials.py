@@ -94,10 +94,10 @@ def spatial_features(shape, sigma_gamma, device="cpu"):
     -------
     features : (H·W, 2) float32, pixel n = row·W + column.
     """
-    sigma_gamma = validate.positive("sigma_gamma", sigma_gamma)
     h, w = validate.pair("shape", shape, minimum=1)
+    sigma_gamma = _sigma("sigma_gamma", sigma_gamma, max(h, w) - 1)
     xp = backend.cupy if backend.resolve_device(device) == "gpu" else np
-    return _positions(xp, h, w, np.float32(sigma_gamma))
+    return _positions(xp, h, w, sigma_gamma)
 
 
 def bilateral_features(image, sigma_alpha, sigma_beta):
@@ -114,18 +114,33 @@ def bilateral_features(image, sigma_alpha, sigma_beta):
     Returns
     -------
     features : (H·W, 2 + F) float32, pixel n = row·W + column. Computed in float32 as
-        the reference C++ code does (``i / sx``, ``r / sr``), so lattices built from it
-        match the reference's bit for bit.
+        the reference C++ code does (``i / sx``, ``r / sr``), so lattices built from a
+        photo match the reference's bit for bit. A float image is first shifted, in its own
+        dtype, so that each channel's minimum is 0: the kernel depends only on differences,
+        and float32 would otherwise round away the differences between values far from 0
+        (1e8 + 2 is 1e8 in float32).
     """
     check_image(image)
-    sigma_alpha = validate.positive("sigma_alpha", sigma_alpha)
-    sigma_beta = validate.positive("sigma_beta", sigma_beta)
-    xp = backend.array_module(image)
     h, w, f = image.shape
+    sigma_alpha = _sigma("sigma_alpha", sigma_alpha, max(h, w) - 1)
+    sigma_beta = _sigma("sigma_beta", sigma_beta, 255 if image.dtype == np.uint8 else 0)
+    xp = backend.array_module(image)
+    values = image.reshape(h * w, f)
+    if image.dtype != np.uint8:
+        values = values - values.min(axis=0)
     out = xp.empty((h * w, 2 + f), dtype=np.float32)
-    out[:, :2] = _positions(xp, h, w, np.float32(sigma_alpha))
-    out[:, 2:] = image.reshape(h * w, f).astype(np.float32) / np.float32(sigma_beta)
+    out[:, :2] = _positions(xp, h, w, sigma_alpha)
+    out[:, 2:] = values.astype(np.float32) / sigma_beta
     return out
+
+
+def _sigma(name, sigma, reach):
+    """σ > 0 as a float32, small enough that ``reach`` (the largest value it divides) / σ
+    is a finite float32."""
+    value = validate.positive(name, sigma)
+    if np.float32(value) == 0 or reach / float(np.float32(value)) > float(np.finfo(np.float32).max):
+        raise ValueError(f"{name} must be large enough that {reach} / {name} is a float32 number, got {value:g}")
+    return np.float32(value)
 
 
 def _positions(xp, h, w, sigma):

@@ -488,6 +488,17 @@ if backend.cuda is not None:
             _slice_point_gpu(p, c, c + 1, vertex_values, offsets, weights, alpha, scale, factor, out, accumulate)
 
 
+def _kernels(kernels, xp):
+    """``kernels`` checked against the arrays' module ``xp``, or its default (None)."""
+    if kernels is None:
+        return "cuda" if xp is not np else "numba"
+    validate.choice("kernels", kernels, ("numba", "cuda"))
+    if kernels == "numba" and xp is not np:
+        raise TypeError("kernels='numba' runs on the CPU and needs NumPy features, got a CuPy array; "
+                        "use kernels='cuda' (the default for CuPy arrays)")
+    return kernels
+
+
 def embed(features, kernels=None):
     """Step 1 for every point: elevate, find the nearest remainder-0 point and the enclosing
     simplex with its barycentric weights (the kernels' per-point body is ``_embed_point``).
@@ -518,14 +529,15 @@ def embed(features, kernels=None):
         raise ValueError(f"features up to |f| = {top:.3g} would put the lattice's "
                          f"coordinates near {reach:.3g}, past the {MAX_COORDINATE:.3g} that float32 holds "
                          "exactly; divide the features by a larger sigma (dense_crf: positions by "
-                         "sigma_alpha and sigma_gamma, colours by sigma_beta)")
+                         "sigma_alpha and sigma_gamma, colours by sigma_beta), or, if they lie far from 0, "
+                         "subtract their minimum first (the filter depends only on their differences)")
     features = xp.ascontiguousarray(features, dtype=np.float32)
     elevated = xp.empty((n, d + 1), dtype=np.float32)
     rem0 = xp.empty((n, d + 1), dtype=np.int32)
     rank = xp.empty((n, d + 1), dtype=np.int32)
     bary = xp.empty((n, d + 2), dtype=np.float32)
     scale = xp.asarray(scale)
-    if (kernels or ("cuda" if xp is not np else "numba")) == "numba":
+    if _kernels(kernels, xp) == "numba":
         _embed_cpu(features, scale, elevated, rem0, rank, bary)
     else:
         backend.launch(_embed_gpu, n, features, scale, elevated, rem0, rank, bary)
@@ -554,8 +566,9 @@ class LatticeFilter:
     include_self : bool
         False removes the diagonal of the lattice's kernel matrix: each point's own
         contribution, (K_lat)_ii v_i with (K_lat)_ii computed exactly by
-        ``_self_weight_point`` (about 1, but not exactly: the lattice spreads a point over its
-        simplex). The result approximates the paper's Σ_{j≠i} as the lattice approximates Σ_j.
+        ``_self_weight_point`` (below 1, depending on where the point sits in its simplex:
+        the lattice spreads a point over the simplex's vertices and gets part of it back).
+        The result approximates the paper's Σ_{j≠i} as the lattice approximates Σ_j.
 
     Attributes
     ----------
@@ -571,7 +584,7 @@ class LatticeFilter:
         xp = backend.array_module(features)
         self.xp = xp
         self.include_self = validate.boolean("include_self", include_self)
-        self.kernels = kernels or ("cuda" if xp is not np else "numba")
+        self.kernels = _kernels(kernels, xp)
         _, rem0, rank, bary = embed(features, self.kernels)  # checks the features
         n, d = features.shape
         self.d = d

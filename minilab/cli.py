@@ -181,12 +181,10 @@ def crf_file(image_path, probs_path, out_path, params, logits=False):
     ``params`` are :func:`~minilab.crf.dense_crf`'s keyword arguments. The labels go to
     ``out_path`` as a palette PNG (:func:`save_labels`).
     """
-    from PIL import Image
-
     from . import crf
+    from .data import read_image
 
-    with Image.open(image_path) as im:
-        image = np.asarray(im.convert("RGB"))
+    image = read_image(image_path)
     try:
         probs = np.load(probs_path, allow_pickle=False)
     except ValueError as error:  # NumPy's reading of a file that is no .npy: "pickled data"
@@ -215,7 +213,14 @@ def save_labels(path, labels):
 
     from .viz import voc_palette
 
-    image = Image.fromarray(np.asarray(labels).astype(np.uint8))  # mode L; the palette makes it P
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an H×W array of integer class ids, got shape {labels.shape} "
+                         f"and dtype {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"labels must be class ids 0..255 to fit a palette PNG, "
+                         f"got values from {labels.min()} to {labels.max()}")
+    image = Image.fromarray(labels.astype(np.uint8))  # mode L; the palette makes it P
     image.putpalette(voc_palette().ravel().tolist())
     image.save(path)
 

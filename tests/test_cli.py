@@ -109,6 +109,27 @@ def test_bad_input(tmp_path, rng, capsys):
     assert "no .npy file" in run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "empty"), "-o", out])
 
 
+def test_save_labels_refuses_what_a_palette_png_cannot_hold(tmp_path):
+    cli.save_labels(tmp_path / "ok.png", np.array([[0, 255]]))
+    np.testing.assert_array_equal(read_png(tmp_path / "ok.png"), [[0, 255]])
+    for labels, match in ((np.array([[0, 256]]), "0..255"), (np.array([[-1, 0]]), "0..255"),
+                          (np.array([[0.5, 1.0]]), "integer class ids"), (np.zeros(3, int), "H×W")):
+        with pytest.raises(ValueError, match=match):
+            cli.save_labels(tmp_path / "bad.png", labels)
+
+
+def test_crf_reads_16_bit_images_by_their_top_8_bits(tmp_path, rng):
+    grey = rng.integers(0, 2**16, (10, 12)).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    probs = rng.random((3, 10, 12)).astype(np.float32) + 0.1
+    np.save(tmp_path / "deep.npy", probs / probs.sum(axis=0))
+    assert cli.main(["crf", str(tmp_path / "deep.png"), str(tmp_path / "deep.npy"), "-o", str(tmp_path / "out.png"),
+                     *PARAMS]) == 0
+    image = np.repeat((grey >> 8).astype(np.uint8)[:, :, None], 3, axis=2)
+    np.testing.assert_array_equal(read_png(tmp_path / "out.png"),
+                                  expected_labels(image, np.load(tmp_path / "deep.npy")))
+
+
 def test_help_lists_crf(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])

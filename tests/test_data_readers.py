@@ -109,6 +109,15 @@ def test_bad_data_is_reported_clearly(voc_root):
         data.ImageMaskFolder(voc_root / "imgs", voc_root / "empty", 21)[0]
 
 
+def test_images_of_unknown_range_are_refused(tmp_path):
+    Image.fromarray(np.full((3, 4), 70000, np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(ValueError, match="32-bit integer"):
+        data.read_image(tmp_path / "wide.tif")
+    Image.fromarray(np.full((3, 4), 0.5, np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match="float"):
+        data.read_image(tmp_path / "float.tif")
+
+
 def test_masks_of_nothing_but_0_and_255_are_refused(tmp_path):
     """0/255 masks for a two-class problem: 255 is 'unlabelled', so there would be nothing to learn."""
     for d in ("img", "mask"):

@@ -21,11 +21,18 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
 
 
 def read_image(path):
-    """An image file as H×W×3 uint8 RGB."""
+    """An image file as H×W×3 uint8 RGB. A 16-bit greyscale image keeps its top 8 bits
+    (value // 256); 32-bit integer and float images, whose range is unknown, are refused."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     with Image.open(path) as im:
+        if im.mode.startswith("I;16"):
+            grey = (np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8)
+            return np.repeat(grey[:, :, None], 3, axis=2)
+        if im.mode in ("I", "F"):
+            raise ValueError(f"image {path} is a {'32-bit integer' if im.mode == 'I' else 'float'} "
+                             f"({im.mode!r}) image; convert it to 8-bit RGB first")
         return np.asarray(im.convert("RGB"))
 
 

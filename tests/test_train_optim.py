@@ -81,3 +81,18 @@ def test_param_groups_put_fc8_at_ten_times():
     assert {n for n, p in names.items() if id(p) in head} == {
         f"head.branches.{i}.fc8.{k}" for i in range(2) for k in ("weight", "bias")}
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(names)
+
+
+def test_sgd_leaves_frozen_parameters_alone():
+    """trainable = False (frozen batch norm): no gradient step, no weight decay, no momentum."""
+    frozen, free = nn.Parameter(np.ones(3)), nn.Parameter(np.ones(3))
+    frozen.trainable = False
+    frozen.grad[...] = free.grad[...] = 0.5
+    opt = SGD([frozen, free], momentum=0.9, weight_decay=0.1)
+    opt.step(1.0)
+    opt.step(1.0)
+    assert np.array_equal(frozen.data, np.ones(3)) and not opt.velocity[0].any()
+    assert not np.allclose(free.data, 1.0)
+    frozen.trainable = True  # unfrozen: trained from then on
+    opt.step(1.0)
+    assert np.allclose(frozen.data, 1.0 - (0.5 + 0.1))

@@ -48,6 +48,19 @@ def test_overfits_one_batch():
     assert losses[-1] < 0.05, losses[-10:]
 
 
+def test_frozen_batch_norm_stays_unchanged():
+    """frozen_bn=True: training moves the convolutions but not one bit of the batch norms' weights."""
+    model = nn.deeplab("tiny-resnet-aspp", num_classes=5, frozen_bn=True, dropout=0.0)
+    bn = {n: p.data.copy() for n, p in model.named_parameters() if not p.trainable}
+    assert bn and all(".bn" in n or "downsample.1" in n for n in bn)
+    conv1 = model.backbone.conv1.weight.data.copy()
+    Trainer(model, SyntheticScenes(10, 40), config(iterations=2, weight_decay=0.1), 5, progress=False).fit()
+    params = dict(model.named_parameters())
+    for n, before in bn.items():
+        assert np.array_equal(params[n].data, before), n
+    assert not np.array_equal(model.backbone.conv1.weight.data, conv1)
+
+
 def test_resume_equals_uninterrupted_bitwise(tmp_path):
     data = SyntheticScenes(50, 40, seed=1)
     straight = Trainer(tiny(dropout=0.3), data, config(), 5, progress=False)

@@ -118,7 +118,8 @@ class Module:
                 yield name, value
 
     def parameters(self):
-        """The trainable :class:`Parameter` s, each once."""
+        """Every :class:`Parameter`, each once, frozen ones (``trainable = False``) included:
+        they are part of the state, and :class:`~minilab.train.SGD` skips them."""
         return [p for _, p in self.named_parameters()]
 
     def _named_state(self, prefix=""):

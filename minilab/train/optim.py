@@ -14,8 +14,11 @@ policy, :mod:`minilab.train.policies`), :math:`\\lambda` the weight decay and
 :math:`m_{lr}, m_{wd}` the group's multipliers. (PyTorch's SGD keeps :math:`\\eta` outside
 the buffer; the two coincide while :math:`\\eta` is constant and differ when it changes.)
 
-The optimiser's whole state is one velocity array per parameter, in the order of the
-groups and of the parameters within them; :meth:`SGD.state_dict` returns exactly that, so
+A parameter whose ``trainable`` is False (frozen batch norm) is left alone: no gradient
+step, no weight decay, no momentum; its velocity stays zero until it is made trainable again.
+
+The optimiser's whole state is one velocity array per parameter (frozen ones included), in
+the order of the groups and of the parameters within them; :meth:`SGD.state_dict` returns exactly that, so
 a checkpoint can restore it and training continues bitwise as if never stopped.
 """
 import numpy as np
@@ -32,7 +35,8 @@ class SGD:
         Each ``{"params": [Parameter, ...], "lr_mult": float, "decay_mult": float, "name": str}``;
         ``lr_mult`` and ``decay_mult`` default to 1 and ``name`` to ``"group<i>"``. A plain
         list of parameters is one group. A ``Parameter`` has ``.data`` and ``.grad``
-        (arrays of one shape; ``.grad`` may be None, meaning zero).
+        (arrays of one shape; ``.grad`` may be None, meaning zero) and may have
+        ``.trainable``: when False, :meth:`step` skips it.
     momentum : float
         :math:`\\mu` (0.9 in the paper); 0 gives plain SGD.
     weight_decay : float
@@ -74,7 +78,8 @@ class SGD:
                 p.grad[...] = 0
 
     def step(self, lr):
-        """One update with base learning rate ``lr`` (the policy's value at this iteration)."""
+        """One update with base learning rate ``lr`` (the policy's value at this iteration) of
+        every trainable parameter."""
         lr = float(lr)
         if not (np.isfinite(lr) and lr >= 0):
             raise ValueError(f"lr must be a finite number >= 0, got {lr}")
@@ -84,6 +89,8 @@ class SGD:
             for p in g["params"]:
                 v = self.velocity[k]
                 k += 1
+                if not getattr(p, "trainable", True):  # frozen: not even weight decay moves it
+                    continue
                 grad = p.grad if p.grad is not None else 0.0
                 # v <- mu v + rate (g + decay w);  w <- w - v   (all in place)
                 v *= self.momentum

@@ -96,3 +96,21 @@ def test_sgd_leaves_frozen_parameters_alone():
     frozen.trainable = True  # unfrozen: trained from then on
     opt.step(1.0)
     assert np.allclose(frozen.data, 1.0 - (0.5 + 0.1))
+
+
+@pytest.mark.parametrize("head", ["hidden=None", "ASPPv3"])
+def test_param_groups_find_the_classifier_of_every_head(head):
+    """The layer that outputs the class scores is the classifier: fc6 when a branch is that
+    one convolution (DeepLab-v2's ResNet head), ASPPv3's 1×1 classifier."""
+    if head == "ASPPv3":
+        model = nn.deeplab("tiny-resnet-aspp", 5)
+        model.head = nn.ASPPv3(model.backbone.out_channels, 5, rates=(1, 2), width=8)
+        expected = {"head.classifier.weight", "head.classifier.bias"}
+    else:
+        model = nn.deeplab("tiny-resnet-aspp", 5, hidden=None)
+        expected = {f"head.branches.{i}.fc6.{k}" for i in range(4) for k in ("weight", "bias")}
+    backbone, classifier = param_groups(model, 10.0)
+    assert (backbone["name"], classifier["name"], classifier["lr_mult"]) == ("backbone", "classifier", 10.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in classifier["params"]} == expected
+    assert len(backbone["params"]) + len(expected) == len(names)

@@ -57,6 +57,11 @@ class ASPPBranch(Sequential):
         self.drop7 = Dropout2d(dropout, rng=rng)
         self.fc8 = Conv2d(hidden, num_classes, 1, method=method, std=0.01, rng=rng, dtype=dtype)
 
+    @property
+    def classifier(self):
+        """The layer that outputs the class scores: fc8, or fc6 when ``hidden=None``."""
+        return self.fc8 if hasattr(self, "fc8") else self.fc6
+
 
 class ASPP(Module):
     """Parallel :class:`ASPPBranch` es, one per rate, their score maps summed (§3.2).

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import backend, validate
 from ..data.transforms import INPUT_MEAN, INPUT_SCALE, make_batch
+from ..nn.module import Module
 from ..ops.interp import downsample_labels
 from ..ops.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -119,20 +120,22 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the weights were not updated with it."""
 
 
-def param_groups(model, classifier_lr_mult=10.0, classifier=("fc8", "classifier")):
+def param_groups(model, classifier_lr_mult=10.0):
     """Split ``model``'s parameters into the backbone (1×) and the classifier (``classifier_lr_mult``×).
 
-    A parameter belongs to the classifier when a component of its name (``head.0.fc8.weight``)
-    is one of ``classifier``: DeepLab's last 1×1 convolutions, the layers §4 trains at 10×
-    the base rate.
+    The classifier is every module's ``classifier`` layer, the one that outputs the class
+    scores: in each ASPP branch fc8, or fc6 when the branch is that one convolution
+    (``hidden=None``), and the 1×1 classifier of :class:`~minilab.nn.ASPPv3`; the layers
+    §4 trains at 10× the base rate. Frozen parameters (``trainable = False``) stay in
+    their group; :class:`~minilab.train.optim.SGD` leaves them alone.
     """
-    body, head = [], []
-    for name, p in model.named_parameters():
-        (head if set(name.split(".")) & set(classifier) else body).append(p)
-    groups = [{"name": "backbone", "params": body, "lr_mult": 1.0}] if body else []
-    if head:
-        groups.append({"name": "classifier", "params": head, "lr_mult": float(classifier_lr_mult)})
-    return groups
+    head = {id(p) for m in model.modules() if isinstance(getattr(m, "classifier", None), Module)
+            for p in m.classifier.parameters()}
+    params = model.parameters()
+    groups = [{"name": "backbone", "params": [p for p in params if id(p) not in head], "lr_mult": 1.0},
+              {"name": "classifier", "params": [p for p in params if id(p) in head],
+               "lr_mult": float(classifier_lr_mult)}]
+    return [g for g in groups if g["params"]]
 
 
 def module_generators(model):

@@ -37,6 +37,16 @@ def test_nn_aspp_presets():
         nn.ASPP(8, 21, ())
 
 
+def test_nn_aspp_even_kernel_needs_even_rates():
+    """Table 1's 4×4 fc6 keeps the map's size at even rates; at an odd rate no padding can."""
+    head = nn.ASPP(8, 3, rates=(4, 8), hidden=4, kernel_size=4)
+    assert head.forward(np.zeros((1, 8, 13, 13), np.float32)).shape == (1, 3, 13, 13)
+    with pytest.raises(ValueError, match=r"kernel_size 4 with rate 3 .* odd kernel_size or an even rate"):
+        nn.ASPP(8, 3, rates=(4, 3), hidden=4, kernel_size=4)
+    with pytest.raises(ValueError, match="kernel_size 4 with rate 3"):
+        nn.deeplab_vgg16(3, width=0.125, depth=(1,) * 5, rates=(3,), hidden=8, kernel_size=4)
+
+
 @pytest.mark.parametrize("preset", ["tiny-resnet-aspp", "tiny-vgg-largefov"])
 def test_nn_deeplab_gradients(preset, rng):
     model = jitter_biases(nn.deeplab(preset, num_classes=3, dtype=np.float64, seed=3), rng)
@@ -139,7 +149,7 @@ def test_nn_table1_parameters():
     assert backbone == 14_714_688  # VGG-16's 13 convolutions
 
     def head(kernel, hidden):
-        small = nn.ASPP(512 // 64, 21, (1,), hidden // 64, kernel_size=kernel)
+        small = nn.ASPP(512 // 64, 21, (4,), hidden // 64, kernel_size=kernel)  # Table 1: 4×4 at rate 4
         assert small.branches[0].fc6.weight.shape == (hidden // 64, 512 // 64, kernel, kernel)
         return 512 * kernel ** 2 * hidden + hidden + hidden * hidden + hidden + hidden * 21 + 21
 

@@ -44,6 +44,10 @@ class ASPPBranch(Sequential):
         rng = make_rng(rng)
         rate = validate.integer("rate", rate, 1)
         k = validate.integer("kernel_size", kernel_size, 1)
+        if rate * (k - 1) % 2:  # padding on both sides keeps the size only for an even span
+            raise ValueError(f"kernel_size {k} with rate {rate} spans rate * (kernel_size - 1) = {rate * (k - 1)} "
+                             "pixels, an odd number that no padding keeps the feature map's size for: "
+                             "use an odd kernel_size or an even rate")
         pad = rate * (k - 1) // 2
         if hidden is None:  # DeepLab-v2's ResNet head: one atrous conv straight to classes
             self.fc6 = Conv2d(in_channels, num_classes, k, rate=rate, padding=pad, method=method,
@@ -82,7 +86,9 @@ class ASPP(Module):
         convolution to the classes (DeepLab-v2's ResNet-101 head).
     kernel_size : int
         fc6's kernel: 3 in DeepLab-v2; Table 1 also tries 7 and 4 (padding
-        ``rate * (kernel_size - 1) // 2``).
+        ``rate * (kernel_size - 1) // 2``, which keeps the size only when
+        ``rate * (kernel_size - 1)`` is even: an even kernel needs even rates, as Table 1's
+        4×4 at rates 4 and 8).
     dropout : float
     method : str
         Atrous convolution method for every layer.

@@ -183,6 +183,31 @@ def test_checkpoint_round_trip_and_model_rebuild(tmp_path):
     json.dumps(meta)  # the metadata stays plain JSON
 
 
+def test_numpy_numbers_are_checkpointed_as_python_numbers(tmp_path):
+    """Settings from a NumPy sweep (np.int64, np.float32) train and checkpoint like Python numbers."""
+    cfg = config(iterations=np.int64(2), batch_size=np.arange(3)[2], base_lr=np.float32(0.01),
+                 momentum=np.float32(0.5), weight_decay=np.float32(1e-4), flip=np.bool_(True))
+    assert type(cfg.iterations) is int and type(cfg.base_lr) is float and cfg.flip is True
+    assert type(cfg.momentum) is float and type(cfg.weight_decay) is float
+    spec = model_spec("deeplab_vgg16", np.int64(5), width=np.float32(0.125), depth=tuple(np.ones(5, int)),
+                      rates=(np.int64(1), 2), hidden=8, dropout=0.0, seed=np.int64(4))
+    Trainer(build_model(spec), SyntheticScenes(10, 40), cfg, 5, checkpoint=tmp_path / "c.npz", model_spec=spec,
+            data_spec={"data": "synthetic", "size": np.int64(40)}, progress=False).fit()
+    meta = load_checkpoint(tmp_path / "c.npz")[2]
+    assert meta["config"]["iterations"] == 2 and meta["model_spec"]["kwargs"]["depth"] == [1] * 5
+    assert meta["data_spec"]["size"] == 40 and meta["model_spec"]["kwargs"]["seed"] == 4
+    assert load_model(tmp_path / "c.npz")[0].head.rates == (1, 2)
+
+
+def test_specs_json_cannot_hold_are_refused_before_training(tmp_path):
+    with pytest.raises(TypeError, match="dtype must be a number, a string.*got <class 'numpy.float32'>"):
+        model_spec("deeplab_vgg16", 5, dtype=np.float32)
+    with pytest.raises(TypeError, match=r"data_spec\['root'\] must be a number, a string"):
+        Trainer(tiny(), SyntheticScenes(4, 33), config(), 5, checkpoint=tmp_path / "c.npz",
+                data_spec={"root": tmp_path}, progress=False)
+    assert not (tmp_path / "c.npz").exists()
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="policy"):
         TrainConfig(policy="exp")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backend
+from .. import backend, validate
 
 FORMAT, VERSION = "minilab-checkpoint", 1
 
@@ -71,11 +71,33 @@ BUILDERS = ("deeplab_vgg16", "deeplab_resnet")
 
 
 def model_spec(builder, num_classes, **kwargs):
-    """A JSON-able description of a model: ``{"builder": name, "num_classes": C, "kwargs": {...}}``."""
+    """A JSON-able description of a model: ``{"builder": name, "num_classes": C, "kwargs": {...}}``.
+
+    Raises ``TypeError`` for a keyword argument JSON cannot hold (``dtype=np.float32``), so a
+    training run learns it before it starts, not at its first checkpoint.
+    """
     if builder not in BUILDERS:
         raise ValueError(f"builder must be one of {BUILDERS}, got {builder!r}")
-    return {"builder": builder, "num_classes": int(num_classes),
-            "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}}
+    return {"builder": builder, "num_classes": validate.integer("num_classes", num_classes, 1),
+            "kwargs": {k: jsonable(k, v) for k, v in kwargs.items()}}
+
+
+def jsonable(name, value):
+    """``value`` as it reads back from a checkpoint's JSON: NumPy numbers become Python
+    numbers, tuples lists, in dicts and lists too. Anything else JSON cannot hold (an object,
+    a type) is a ``TypeError`` naming ``name``."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (tuple, list)):
+        return [jsonable(name, v) for v in value]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"{name} must have str keys to be written as JSON, got {list(value)!r}")
+        return {k: jsonable(f"{name}[{k!r}]", v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{name} must be a number, a string, None, or a list or dict of them (it is written as "
+                    f"JSON into checkpoints), got {value!r} of type {type(value).__name__}")
 
 
 def build_model(spec):

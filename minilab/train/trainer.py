@@ -26,7 +26,7 @@ from ..data.transforms import INPUT_MEAN, INPUT_SCALE, make_batch
 from ..nn.module import Module
 from ..ops.interp import downsample_labels
 from ..ops.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import jsonable, load_checkpoint, save_checkpoint
 from .evaluate import evaluate
 from .optim import SGD
 from .policies import POLICIES, learning_rate
@@ -89,14 +89,18 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self):
+        # The checked values replace the given ones: a NumPy number (from np.arange) becomes
+        # a Python one, which the checkpoint's JSON can hold.
         for name in ("iterations", "batch_size", "crop_size", "step_size"):
-            validate.integer(name, getattr(self, name), 1)
+            setattr(self, name, validate.integer(name, getattr(self, name), 1))
         for name in ("val_every", "checkpoint_every", "seed"):
-            validate.integer(name, getattr(self, name), 0)
+            setattr(self, name, validate.integer(name, getattr(self, name), 0))
         for name in ("base_lr", "gamma", "input_scale"):
-            validate.positive(name, getattr(self, name))
-        for name in ("power", "classifier_lr_mult"):  # 0: a constant poly rate, a frozen classifier
-            validate.real(name, getattr(self, name), minimum=0)
+            setattr(self, name, validate.positive(name, getattr(self, name)))
+        # 0: a constant poly rate, plain SGD, no decay, a frozen classifier (SGD checks momentum < 1)
+        for name in ("power", "momentum", "weight_decay", "classifier_lr_mult"):
+            setattr(self, name, validate.real(name, getattr(self, name), minimum=0))
+        self.flip = validate.boolean("flip", self.flip)
         validate.choice("policy", self.policy, POLICIES)
         validate.choice("device", self.device, backend.DEVICES)
         if self.scale_range is not None:
@@ -164,6 +168,8 @@ class Trainer:
     data_spec : dict, optional
         JSON-able description of the data, stored in checkpoints so that ``minilab eval``
         scores the held-out data of the training run by default.
+        Both specs are checked here: NumPy numbers become Python ones, and a value JSON
+        cannot hold is a ``TypeError`` before training, not at the first checkpoint.
     crf : dict, optional
         Dense-CRF settings for validation (keyword arguments of :func:`minilab.crf.dense_crf`).
     progress : bool
@@ -177,7 +183,9 @@ class Trainer:
         if len(train_set) == 0:
             raise ValueError("train_set is empty: there is nothing to train on")
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.model_spec, self.data_spec = model_spec or {}, data_spec or {}
+        # checked now, not at the first save after training: both are written as JSON into checkpoints
+        self.model_spec = jsonable("model_spec", model_spec or {})
+        self.data_spec = jsonable("data_spec", data_spec or {})
         self.crf, self.progress = crf, progress
         self.device = backend.resolve_device(config.device)
         if self.device == "gpu":
@@ -327,7 +335,7 @@ class Trainer:
                              f"(now {_describe(self.model_spec)})")
         saved, mine = meta["config"], dataclasses.asdict(self.config)
         resumable = _RESUMABLE | ({"iterations"} if self.config.policy == "step" else set())
-        differ = sorted(k for k in mine if k not in resumable and _jsonable(mine[k]) != saved.get(k))
+        differ = sorted(k for k in mine if k not in resumable and jsonable(k, mine[k]) != saved.get(k))
         if differ:
             hint = ("; under the poly policy iterations is the length of the learning-rate schedule, so it "
                     "cannot change on resuming (the step policy's can)" if "iterations" in differ else "")
@@ -391,8 +399,3 @@ def _describe(spec):
     """A model spec in one line: ``deeplab_vgg16, 5 classes, width=0.125, ...``."""
     kwargs = ", ".join(f"{k}={v}" for k, v in _architecture(spec)["kwargs"].items())
     return f"{spec.get('builder')}, {spec.get('num_classes')} classes" + (f", {kwargs}" if kwargs else "")
-
-
-def _jsonable(value):
-    """``value`` as it reads back from the JSON in a checkpoint (tuples become lists)."""
-    return list(value) if isinstance(value, tuple) else value

@@ -63,6 +63,19 @@ def test_nn_multiscale_gradients_through_the_max(rng):
     assert list(multi.state_dict()) == list(model.state_dict())
 
 
+def test_nn_multiscale_backward_wants_the_fused_output_shape_and_dtype():
+    multi = nn.MultiScale(nn.Conv2d(3, 2, 3, padding=1, dtype=np.float64), scales=(0.5, 1.0))
+    y = multi.forward(np.zeros((2, 3, 9, 9)))
+    for bad in (np.ones((1, 2, 9, 9)), np.ones((2, 2, 1, 1)), np.ones((2, 2, 9))):
+        with pytest.raises(ValueError, match=r"dout must (have the forward output's shape|have 4 dimensions)"):
+            multi.backward(bad)
+    with pytest.raises(TypeError, match="dout must be a NumPy or CuPy array"):
+        multi.backward(1.0)
+    with pytest.raises(TypeError, match="dout must have the forward output's dtype float64, got float32"):
+        multi.backward(np.ones(y.shape, np.float32))
+    assert multi.backward(np.ones_like(y)).shape == (2, 3, 9, 9)
+
+
 def test_nn_multiscale_of_a_module_that_holds_its_own_parameters():
     conv = nn.Conv2d(3, 2, 3, padding=1, dtype=np.float64)
     multi = nn.MultiScale(conv, scales=(0.5, 1.0))

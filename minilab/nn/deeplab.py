@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import backend, validate
 from ..ops import interp
+from ..ops._checks import upstream_gradient
 from .aspp import ASPP, ASPP_L, ASPP_S, LARGE_FOV
 from .backbones import resnet, vgg16_largefov
 from .layers import make_rng
@@ -78,7 +79,8 @@ class MultiScale(Module):
         ``y[n, c, i, j] = max_s  up_s(f(down_s(x)))[n, c, i, j]``.
 
     Backward sends each ``dout`` entry to the scale that won the max (the first on a tie)
-    and back through that branch, so every branch *adds* into the shared ``.grad``.
+    and back through that branch, so every branch *adds* into the shared ``.grad``; ``dout``
+    must have the fused output's shape and dtype.
     Parameters and state dict are those of ``model`` (same names), so checkpoints move
     between single- and multi-scale use.
     """
@@ -89,7 +91,7 @@ class MultiScale(Module):
             raise ValueError(f"scales must be a non-empty tuple of numbers, got {scales!r}")
         self.scales = tuple(validate.positive("scales", s) for s in scales)
         self.model = model
-        self._branches, self._winner = [], None
+        self._branches, self._winner, self._dtype = [], None, None
 
     def children(self):
         return self.model.children()
@@ -129,12 +131,13 @@ class MultiScale(Module):
                 self._branches[i] = (branch, down, up)
         xp = backend.array_module(x)
         stack = xp.stack(scores)
-        self._winner = stack.argmax(axis=0)
+        self._winner, self._dtype = stack.argmax(axis=0), stack.dtype
         return stack.max(axis=0)
 
     def backward(self, dout):
         xp = backend.array_module(dout)
         winner = self._saved("_winner")
+        upstream_gradient(dout, winner.shape, self._dtype)  # no broadcasting of a wrong shape
         dx = None
         for i, (branch, down, up) in enumerate(self._branches):
             dy = xp.where(winner == i, dout, 0).astype(dout.dtype)

@@ -411,10 +411,11 @@ def add_train(subparsers):
 def run_train(args):
     from . import nn
     from .train import Trainer, TrainConfig, build_model, model_spec
-    from .train.checkpoint import load_checkpoint
+    from .train.checkpoint import load_checkpoint, writable
     from .train.demo import DEMO_MODEL
 
     _set_threads(args.threads)
+    writable("--checkpoint", args.checkpoint)  # before the data and the training, not at the first save
     train_set = _dataset(args, "train")
     c = train_set.num_classes
     if args.model == "demo":

@@ -167,6 +167,16 @@ def test_options_are_checked_by_name(tmp_path, capsys):
     assert not (tmp_path / "c.npz").exists()
 
 
+def test_train_checks_the_checkpoint_path_before_training(tmp_path, capsys, monkeypatch):
+    from minilab.train import Trainer
+    monkeypatch.setattr(Trainer, "fit", lambda self: pytest.fail("trained with a checkpoint it cannot write"))
+    (tmp_path / "file").write_text("")
+    err = run_error(capsys, ["train", "--size", "33", "--checkpoint", str(tmp_path)])
+    assert err == f"minilab train: error: --checkpoint must be a file to write, got the folder {tmp_path}\n"
+    err = run_error(capsys, ["train", "--size", "33", "--checkpoint", str(tmp_path / "file" / "c.npz")])
+    assert err.startswith(f"minilab train: error: --checkpoint {tmp_path / 'file' / 'c.npz'} cannot be written: ")
+
+
 def test_ctrl_c_says_where_the_checkpoint_is(tmp_path, capsys, monkeypatch):
     from minilab.train import Trainer
     step = Trainer.train_step

@@ -208,6 +208,16 @@ def test_specs_json_cannot_hold_are_refused_before_training(tmp_path):
     assert not (tmp_path / "c.npz").exists()
 
 
+def test_checkpoint_path_is_checked_before_training(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="checkpoint must be a file to write, got the folder"):
+        Trainer(tiny(), SyntheticScenes(4, 33), config(), 5, checkpoint=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"checkpoint \S*file/c.npz cannot be written"):
+        Trainer(tiny(), SyntheticScenes(4, 33), config(), 5, checkpoint=tmp_path / "file" / "c.npz", progress=False)
+    Trainer(tiny(), SyntheticScenes(4, 33), config(), 5, checkpoint=tmp_path / "new" / "c.npz", progress=False)
+    assert (tmp_path / "new").is_dir()  # created, as the first save would
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="policy"):
         TrainConfig(policy="exp")

@@ -48,6 +48,21 @@ def save_checkpoint(path, model_state, optimizer_state, meta):
     return path
 
 
+def writable(name, path):
+    """``path`` as a ``Path``, once a checkpoint can be written there: it is not a folder, and
+    its folder (created if missing) takes new files. Checked before training starts, so a bad
+    path is not found at the first save, hours later; ``name`` names it in the error."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{name} must be a file to write, got the folder {path}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as error:
+        raise ValueError(f"{name} {path} cannot be written: {error}") from error
+    return path
+
+
 def load_checkpoint(path):
     """Read a checkpoint: returns ``(model_state, optimizer_state, meta)``."""
     path = Path(path)

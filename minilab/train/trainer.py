@@ -26,7 +26,7 @@ from ..data.transforms import INPUT_MEAN, INPUT_SCALE, make_batch
 from ..nn.module import Module
 from ..ops.interp import downsample_labels
 from ..ops.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from .checkpoint import jsonable, load_checkpoint, save_checkpoint
+from .checkpoint import jsonable, load_checkpoint, save_checkpoint, writable
 from .evaluate import evaluate
 from .optim import SGD
 from .policies import POLICIES, learning_rate
@@ -161,7 +161,8 @@ class Trainer:
     num_classes : int
         C (the model's output channels).
     checkpoint : path, optional
-        Where checkpoints are written (``.npz``).
+        Where checkpoints are written (``.npz``); its folder is created and checked to take
+        files now, before training.
     model_spec : dict, optional
         JSON-able description of the model, stored in checkpoints so that
         ``minilab eval``/``segment`` can rebuild it.
@@ -182,7 +183,7 @@ class Trainer:
         self.config, self.num_classes = config, validate.integer("num_classes", num_classes, 2)
         if len(train_set) == 0:
             raise ValueError("train_set is empty: there is nothing to train on")
-        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.checkpoint = writable("checkpoint", checkpoint) if checkpoint is not None else None
         # checked now, not at the first save after training: both are written as JSON into checkpoints
         self.model_spec = jsonable("model_spec", model_spec or {})
         self.data_spec = jsonable("data_spec", data_spec or {})

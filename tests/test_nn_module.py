@@ -167,6 +167,19 @@ def test_nn_weight_file_errors(tmp_path):
             nn.load_weights(tmp_path / name)
 
 
+def test_nn_pth_read_errors_name_the_file_and_bfloat16_loads(tmp_path):
+    torch = pytest.importorskip("torch")
+    (tmp_path / "junk.pth").write_bytes(b"junk" * 10)
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
+    torch.save({"w": torch.ones(2, dtype=torch.bfloat16), "b": torch.arange(3)}, tmp_path / "bf16.pth")
+    with pytest.raises(ValueError, match=r"path: junk.pth is not a readable .pth weight file \(KeyError"):
+        nn.load_weights(tmp_path / "junk.pth")
+    with pytest.raises(ValueError, match=r"module.pth is not a readable .pth .*pickled objects other than tensors"):
+        nn.load_weights(tmp_path / "module.pth")
+    state = nn.load_weights(tmp_path / "bf16.pth")
+    assert state["w"].dtype == np.float32 and state["w"].tolist() == [1.0, 1.0] and state["b"].tolist() == [0, 1, 2]
+
+
 def test_nn_backward_needs_a_forward(rng):
     """backward() before any forward() says so, rather than failing inside an op (or, for
     the multi-scale fusion, silently returning nothing)."""

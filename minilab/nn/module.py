@@ -13,6 +13,7 @@ module in the order they were set; attributes whose names start with ``_`` are p
 never searched (caches, shared copies).
 """
 import copy
+import pickle
 import zipfile
 from collections import OrderedDict, namedtuple
 from pathlib import Path
@@ -348,32 +349,39 @@ def load_weights(path):
 
     ``.pth``/``.pt`` files (torchvision's ImageNet weights) are read with
     ``torch.load(..., weights_only=True)`` and need torch; the file must hold a flat
-    mapping of names to tensors (a ``state_dict()``).
+    mapping of names to tensors (a ``state_dict()``). bfloat16 tensors, which NumPy has no
+    type for, are read as float32. A file that cannot be read is a ``ValueError`` naming it
+    and the reason.
     """
     path = Path(path)
     suffix = _suffix(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: no such weight file {str(path)!r}")
-    if suffix in (".npz", ".safetensors"):
+    if suffix in (".pth", ".pt"):
         try:
-            if suffix == ".npz":
-                if not zipfile.is_zipfile(path):  # else NumPy would try it as a pickle and say so
-                    raise ValueError("an .npz file is a zip archive of .npy arrays; this is not a zip archive")
-                with np.load(path, allow_pickle=False) as f:
-                    return OrderedDict((k, f[k]) for k in f.files)
+            import torch
+        except ImportError as e:
+            raise ImportError(f"reading {path.name} needs torch; save the weights as .npz or "
+                              ".safetensors instead") from e
+    try:
+        if suffix == ".npz":
+            if not zipfile.is_zipfile(path):  # else NumPy would try it as a pickle and say so
+                raise ValueError("an .npz file is a zip archive of .npy arrays; this is not a zip archive")
+            with np.load(path, allow_pickle=False) as f:
+                return OrderedDict((k, f[k]) for k in f.files)
+        if suffix == ".safetensors":
             from safetensors.numpy import load_file
             return OrderedDict(load_file(str(path)))
-        except Exception as e:  # a damaged or foreign file: name it, keep the parser's reason
-            raise ValueError(f"path: {path.name} is not a readable {suffix} weight file ({e})") from e
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError(f"reading {path.name} needs torch; save the weights as .npz or "
-                          ".safetensors instead") from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(hasattr(v, "numpy") for v in state.values()):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only met a pickled object: a whole model, say
+        raise ValueError(f"path: {path.name} is not a readable {suffix} weight file (it holds pickled objects "
+                         "other than tensors, such as a whole model; save the model's state_dict() instead)") from e
+    except Exception as e:  # a damaged or foreign file: name it, keep the parser's reason
+        raise ValueError(f"path: {path.name} is not a readable {suffix} weight file ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"path: {path.name} does not hold a flat state_dict of tensors")
-    return OrderedDict((k, v.detach().cpu().numpy()) for k, v in state.items())
+    return OrderedDict((k, (v.float() if v.dtype == torch.bfloat16 else v).detach().cpu().numpy())
+                       for k, v in state.items())
 
 
 def _suffix(path):

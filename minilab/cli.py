@@ -5,7 +5,8 @@ sets ``run=`` to the function doing the work; :data:`SUBCOMMANDS` lists them. Ad
 subcommand is one function and one line in that list.
 
 Errors a user can cause (a missing file, arrays of the wrong shape, a bad parameter, a GPU
-asked for where there is none) are reported as ``minilab <command>: error: <message>`` with exit status 2, like argparse's own.
+asked for where there is none, an optional package not installed) are reported as
+``minilab <command>: error: <message>`` with exit status 2, like argparse's own.
 Ctrl-C ends a command with one line, ``minilab <command>: interrupted...``, and exit status 130.
 """
 import argparse
@@ -29,8 +30,9 @@ import numpy as np  # noqa: E402
 from . import validate
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")
-# What bad input raises (minilab.validate's errors, missing files, no GPU): reported in one line.
-USER_ERRORS = (OSError, ValueError, TypeError, RuntimeError)
+# What bad input raises (minilab.validate's errors, missing files, no GPU, an optional package
+# missing, such as scikit-learn for --data digits): reported in one line.
+USER_ERRORS = (OSError, ValueError, TypeError, RuntimeError, ImportError)
 
 
 def main(argv=None):
@@ -493,6 +495,7 @@ def run_eval(args):
     from .train import evaluate, load_model
 
     _set_threads(args.threads)
+    args.trimap = _option("--trimap", args.trimap, None, minimum=0)  # before the model runs, not after
     model, meta = load_model(args.checkpoint)
     saved = meta.get("data_spec") or {}
     args.data = args.data or saved.get("data", "synthetic")
@@ -582,7 +585,12 @@ def run_bench(args):
                                 "run from a source checkout or pass --dir")
     scripts = sorted(folder.glob("bench_*.py"))
     if args.names:
-        scripts = [s for s in scripts if s.stem[len("bench_"):] in args.names]
+        names = [s.stem[len("bench_"):] for s in scripts]
+        unknown = [n for n in args.names if n not in names]
+        if unknown:
+            raise ValueError(f"NAME {', '.join(unknown)} matches no benchmark script in {folder}; "
+                             f"the names are {', '.join(names) or 'none'}")
+        scripts = [s for s, n in zip(scripts, names) if n in args.names]
     if not scripts:
         raise FileNotFoundError(f"no benchmark script matches in {folder}")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent),

@@ -1,4 +1,5 @@
 """The ``minilab`` command, run through ``main([...])`` on tiny files."""
+import sys
 import warnings
 
 import numpy as np
@@ -157,3 +158,21 @@ def test_the_command_hides_only_numbas_low_occupancy_advice():
         warnings.warn("\x1b[1m" + message.format(17) + "\x1b[0m", UserWarning)  # as colorama prints it
         warnings.warn("Grid size is not the only warning", UserWarning)
     assert [str(w.message) for w in caught] == ["Grid size is not the only warning"]
+
+
+def test_a_missing_optional_package_is_a_message(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if scikit-learn were not installed
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    err = run_error(capsys, ["train", "--data", "digits", "--checkpoint", str(tmp_path / "c.npz")])
+    assert err.startswith("minilab train: error: digit scenes need scikit-learn") and "Traceback" not in err
+
+
+def test_bench_names_a_name_that_matches_no_script(tmp_path, capsys):
+    (tmp_path / "bench_a.py").write_text("raise SystemExit('bench_a ran')\n")
+    err = run_error(capsys, ["bench", "a", "nosuch", "--dir", str(tmp_path)])
+    assert err == f"minilab bench: error: NAME nosuch matches no benchmark script in {tmp_path}; the names are a\n"
+
+
+def test_eval_checks_trimap_before_loading_anything(tmp_path, capsys):
+    err = run_error(capsys, ["eval", "--checkpoint", str(tmp_path / "none.npz"), "--trimap", "-1"])
+    assert err == "minilab eval: error: --trimap must be >= 0, got -1\n"

@@ -51,6 +51,22 @@ def test_sgd_state_round_trip_and_errors():
         SGD([])
 
 
+def test_sgd_settings_must_be_finite_and_not_negative():
+    a = P([1.0], [1.0])
+    for bad in (float("inf"), float("nan"), -1e-4):
+        with pytest.raises(ValueError, match="weight_decay must be"):
+            SGD([a], weight_decay=bad)
+    for key in ("lr_mult", "decay_mult"):
+        for bad in (float("nan"), float("inf"), -1.0):
+            with pytest.raises(ValueError, match=rf"groups\[1\]\['{key}'\] must be"):
+                SGD([{"params": [a]}, {"params": [a], key: bad}])
+    with pytest.raises(TypeError, match=r"groups\[0\]\['lr_mult'\] must be a real number, got '10'"):
+        SGD([{"params": [a], "lr_mult": "10"}])
+    with pytest.raises(ValueError, match="momentum must be"):
+        SGD([a], momentum=float("nan"))
+    assert SGD([{"params": [a], "lr_mult": 0}]).groups[0]["lr_mult"] == 0.0  # a frozen classifier
+
+
 def test_zero_grad():
     a = P([1.0], [5.0])
     SGD([a]).zero_grad()
@@ -61,6 +77,7 @@ def test_poly_and_step_by_hand():
     assert poly_lr(0.01, 0, 100) == 0.01
     assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5 ** 0.9, rel=1e-15)
     assert poly_lr(0.01, 100, 100) == 0.0
+    assert poly_lr(0.01, 99, 100, power=0) == 0.01 and poly_lr(0.01, 100, 100, power=0) == 0.0  # not 0.0 ** 0
     assert step_lr(1e-3, 1999, 2000) == 1e-3
     assert step_lr(1e-3, 2000, 2000) == pytest.approx(1e-4, rel=1e-15)
     assert step_lr(1e-3, 4500, 2000) == pytest.approx(1e-5, rel=1e-15)

@@ -33,14 +33,14 @@ class SGD:
     ----------
     groups : list of dict
         Each ``{"params": [Parameter, ...], "lr_mult": float, "decay_mult": float, "name": str}``;
-        ``lr_mult`` and ``decay_mult`` default to 1 and ``name`` to ``"group<i>"``. A plain
-        list of parameters is one group. A ``Parameter`` has ``.data`` and ``.grad``
+        ``lr_mult`` and ``decay_mult`` (finite, >= 0) default to 1 and ``name`` to
+        ``"group<i>"``. A plain list of parameters is one group. A ``Parameter`` has ``.data`` and ``.grad``
         (arrays of one shape; ``.grad`` may be None, meaning zero) and may have
         ``.trainable``: when False, :meth:`step` skips it.
     momentum : float
-        :math:`\\mu` (0.9 in the paper); 0 gives plain SGD.
+        :math:`\\mu` in [0, 1) (0.9 in the paper); 0 gives plain SGD.
     weight_decay : float
-        :math:`\\lambda` (5e-4 in the paper).
+        :math:`\\lambda`, finite and >= 0 (5e-4 in the paper).
     """
 
     def __init__(self, groups, momentum=0.9, weight_decay=5e-4):
@@ -48,20 +48,20 @@ class SGD:
             groups = [{"params": list(groups)}]
         if not groups:
             raise ValueError("groups must hold at least one parameter group, got none")
-        if not 0 <= momentum < 1:
+        self.momentum = validate.real("momentum", momentum, minimum=0)
+        if self.momentum >= 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = validate.real("weight_decay", weight_decay, minimum=0)
         self.groups = []
         for i, g in enumerate(groups):
             params = list(g["params"])
             if not params:
                 raise ValueError(f"groups[{i}] has no parameters")
+            # 0 is allowed: a frozen classifier (TrainConfig's classifier_lr_mult=0), no decay
+            lr_mult, decay_mult = (validate.real(f"groups[{i}]['{m}']", g.get(m, 1.0), minimum=0)
+                                   for m in ("lr_mult", "decay_mult"))
             self.groups.append({"name": g.get("name", f"group{i}"), "params": params,
-                                "lr_mult": float(g.get("lr_mult", 1.0)),
-                                "decay_mult": float(g.get("decay_mult", 1.0))})
+                                "lr_mult": lr_mult, "decay_mult": decay_mult})
         self.velocity = [backend.array_module(p.data).zeros_like(p.data)
                          for g in self.groups for p in g["params"]]
 

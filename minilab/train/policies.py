@@ -14,7 +14,9 @@ def poly_lr(base_lr, iteration, max_iter, power=0.9):
     """``base_lr * (1 - iteration / max_iter) ** power``; 0 from ``max_iter`` on."""
     validate.integer("iteration", iteration, 0)
     validate.integer("max_iter", max_iter, 1)
-    return float(base_lr) * max(0.0, 1.0 - iteration / max_iter) ** float(power)
+    if iteration >= max_iter:  # not (1 - 1) ** power, which is 1 for power 0
+        return 0.0
+    return float(base_lr) * (1.0 - iteration / max_iter) ** float(power)
 
 
 def step_lr(base_lr, iteration, step_size, gamma=0.1):

@@ -125,7 +125,7 @@ def auto_method(in_channels, out_channels, stride, rate, kernel_size=(3, 3), pix
     GEMM outputs pay for themselves: C = F (a GEMM per tap group beats the im2col copies),
     and at rates above 1 also C = F/2, where much of what the outer taps read is zero
     padding, which ``"shifted"`` skips and ``"sparse"`` copies and multiplies (LargeFOV's
-    fc6: about a third at rate 12 on a 41×41 map). Forward+backward on 2 CPU cores
+    fc6: over a third at rate 12 on a 41×41 map). Forward+backward on 2 CPU cores
     (``benchmarks/results/bench_atrous_cpu_haswell.md``), ms for sparse / shifted: VGG's
     conv1_1 (3→64, 321×321) 14 / 108; ResNet's 7×7 stride-2 stem 16 / 473; VGG's conv2_1
     (64→128, 161×161) 66 / 99; fc6 (512→1024, rate 12, 41×41) 233 / 197.

@@ -6,6 +6,7 @@ kind of thing) or ``ValueError`` (right kind, wrong value) with a message that n
 argument, what was expected and what was given.
 """
 import contextlib
+import math
 import numbers
 import threading
 
@@ -93,14 +94,22 @@ def integer(name, value, minimum=None, maximum=None):
 
 def real(name, value, positive=False, minimum=None):
     """Check that ``value`` is a finite real number (not a bool), > 0 when ``positive`` and
-    >= ``minimum`` when given; returns it as a float."""
+    >= ``minimum`` when given; returns it as a float.
+
+    Any ``numbers.Real`` is taken (a ``Fraction``, a Python int of any size) and judged as
+    the float it becomes: one too large for a float is not finite, one that rounds to 0 is
+    not > 0."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
-    if not np.isfinite(value) or (positive and value <= 0):
+    try:
+        number = float(value)
+    except OverflowError:  # e.g. 10**400
+        number = math.inf
+    if not math.isfinite(number) or (positive and number <= 0):
         raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value}")
-    if minimum is not None and value < minimum:
+    if minimum is not None and number < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return float(value)
+    return number
 
 
 def boolean(name, value):

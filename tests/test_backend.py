@@ -112,6 +112,18 @@ def test_validate_messages():
             validate.label_array("labels", bad)
 
 
+def test_real_takes_any_real_number_and_names_one_too_large_for_a_float():
+    from fractions import Fraction
+    assert validate.real("alpha", Fraction(1, 3)) == pytest.approx(1 / 3)
+    assert validate.positive("eps", Fraction(1, 3)) == pytest.approx(1 / 3)
+    assert validate.real("alpha", np.float32(0.5), minimum=Fraction(1, 2)) == 0.5
+    for huge in (10**400, -10**400, Fraction(10**400, 3)):
+        with pytest.raises(ValueError, match="alpha must be a finite number"):
+            validate.real("alpha", huge)
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        validate.positive("eps", Fraction(1, 10**400))  # 0 as a float
+
+
 def test_finite_scans_off_skips_only_the_scan():
     bad = np.array([1.0, np.nan])
     assert validate.scans_on()

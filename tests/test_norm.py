@@ -96,6 +96,31 @@ def test_bad_inputs(rng):
         batch_norm_backward(out[:1], cache)
 
 
+def test_float32_statistics_are_summed_in_float64(rng):
+    """Deviations of 1e19 square to 1e38: summed in float32 the variance overflowed, and the
+    output became beta. In float64 it matches the statistics of the same values in float64."""
+    x = (rng.standard_normal((2, 1, 4, 4)) * 1e19 + 1e19).astype(np.float32)
+    gamma, beta, mean, var = (np.array([v], np.float32) for v in (1, 0, 0, 1))
+    out, _ = batch_norm_forward(x, gamma, beta, mean, var, mode="train")
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(out, (x64 - x64.mean()) / x64.std(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mean, 0.1 * x64.mean(), rtol=1e-6)
+    np.testing.assert_allclose(var, 0.9 + 0.1 * x64.var() * 32 / 31, rtol=1e-6)
+
+
+def test_float32_gradient_sums_are_summed_in_float64():
+    """dout of ±1e38 whose float32 partial sums overflow (inf - inf = NaN) though dbeta and
+    dgamma are 0: summed in float64, dx is gamma·inv_std·dout, finite."""
+    x = np.tile(np.float32([1, -1]), 16).reshape(2, 1, 4, 4)  # xhat = x, orthogonal to dout
+    dout = np.tile(np.float32([1, 1, 1, 1, -1, -1, -1, -1]) * 1e38, 4).reshape(x.shape)
+    gamma, beta, mean, var = (np.array([v], np.float32) for v in (1, 0, 0, 1))
+    _, cache = batch_norm_forward(x, gamma, beta, mean, var, mode="train")
+    dx, dgamma, dbeta = batch_norm_backward(dout, cache)
+    np.testing.assert_allclose(dx, dout, rtol=1e-4)
+    np.testing.assert_array_equal(dgamma, 0)
+    np.testing.assert_array_equal(dbeta, 0)
+
+
 @pytest.mark.cudasim
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 2, 17, 19)])  # 40 values per channel; 646 > _BLOCK

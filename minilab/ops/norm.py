@@ -25,6 +25,10 @@ Three modes choose ``mu`` and ``var``:
 
 In every mode ``dgamma = sum(dy · x̂)`` and ``dbeta = sum(dy)`` over N, H, W.
 
+Means, variances and the sums of the backward pass are accumulated in float64 for
+float32 maps too (otherwise the squared deviations overflow once ``|x - mu|`` passes
+1.8e19); the outputs and running statistics are stored in the maps' dtype.
+
 NumPy arrays go through the array expressions below. On CuPy arrays the same expressions
 would launch about 26 kernels per layer (forward and backward), each a few per-channel
 numbers or one pass over the maps, and a small network on a GPU is bound by its launches:
@@ -90,16 +94,21 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, mode,
     if xp is not np and cuda is not None:  # without numba-cuda, CuPy runs the expressions below
         return _gpu_forward(x, gamma, beta, running_mean, running_var, mode, momentum, eps)
     if mode == "train":
-        mu = x.mean(axis=(0, 2, 3))
-        var = x.var(axis=(0, 2, 3))
+        # Summed in float64, as the GPU kernel does: in float32 the squares overflow once
+        # |x - mu| passes 1.8e19. The deviations from mu rounded to x's dtype serve both var
+        # and xhat (that rounding moves var by at most ulp(mu)²/4, below float32's own grain).
+        mu = x.mean(axis=(0, 2, 3), dtype=np.float64)
+        centred = x - mu.astype(x.dtype)[:, None, None]
+        var = xp.einsum("nchw,nchw->c", centred, centred, dtype=np.float64) / m
         running_mean *= 1 - momentum
         running_mean += momentum * mu
         running_var *= 1 - momentum
         running_var += (momentum * m / (m - 1)) * var
     else:
-        mu, var = running_mean, running_var
-    inv_std = 1 / xp.sqrt(var + eps)
-    xhat = (x - mu[:, None, None]) * inv_std[:, None, None]
+        centred = x - running_mean[:, None, None]
+        var = running_var.astype(np.float64)
+    inv_std = (1 / xp.sqrt(var + eps)).astype(x.dtype)
+    xhat = xp.multiply(centred, inv_std[:, None, None], out=centred)
     out = gamma[:, None, None] * xhat + beta[:, None, None]
     return out, (xhat, gamma, inv_std, mode)
 
@@ -121,15 +130,18 @@ def batch_norm_backward(dout, cache):
     upstream_gradient(dout, xhat.shape, xhat.dtype)
     if backend.is_gpu_array(dout) and cuda is not None:
         return _gpu_backward(dout, xhat, gamma, inv_std, mode)
-    dbeta = dout.sum(axis=(0, 2, 3))
-    dgamma = (dout * xhat).sum(axis=(0, 2, 3))
+    # Summed in float64, as the GPU kernel does: float32 partial sums can overflow where the
+    # means that dx needs are finite.
+    dbeta = dout.sum(axis=(0, 2, 3), dtype=np.float64)
+    dgamma = (dout * xhat).sum(axis=(0, 2, 3), dtype=np.float64)
     scale = (gamma * inv_std)[:, None, None]
     if mode == "train":
         m = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
-        dx = scale * (dout - (dbeta / m)[:, None, None] - xhat * (dgamma / m)[:, None, None])
+        mean_dy, mean_dy_xhat = (dbeta / m).astype(dout.dtype), (dgamma / m).astype(dout.dtype)
+        dx = scale * (dout - mean_dy[:, None, None] - xhat * mean_dy_xhat[:, None, None])
     else:
         dx = scale * dout
-    return dx, dgamma, dbeta
+    return dx, dgamma.astype(dout.dtype), dbeta.astype(dout.dtype)
 
 
 

@@ -112,6 +112,9 @@ def test_nn_layer_settings_that_cannot_run_are_refused_when_built():
     assert nn.BatchNorm2d(2, momentum=0.0).momentum == 0.0  # frozen statistics, as the op allows
     with pytest.raises(ValueError, match="momentum must be in \\[0, 1\\]"):
         nn.BatchNorm2d(2, momentum=1.5)
+    with pytest.raises(ValueError, match="eps must be >= "):
+        nn.BatchNorm2d(2, eps=1e-50)  # 0 in float32
+    assert nn.BatchNorm2d(2, eps=1e-50, dtype=np.float64).eps == 1e-50
 
 
 @pytest.mark.parametrize("align_corners", [True, False])

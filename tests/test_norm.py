@@ -121,6 +121,24 @@ def test_float32_gradient_sums_are_summed_in_float64():
     np.testing.assert_array_equal(dbeta, 0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", MODES)
+def test_eps_must_be_a_normal_number_of_the_dtype(dtype, mode):
+    """eps = 1e-50 passed as > 0 but is 0 in float32: a channel of equal values (or a
+    running variance of 0) gave 0 · inf = NaN. The smallest normal number still works."""
+    x, one = np.ones((2, 1, 2, 2), dtype), np.ones(1, dtype)
+    tiny = float(np.finfo(dtype).tiny)
+    with pytest.raises(ValueError, match=f"eps must be >= {tiny}, got 1e-320"):
+        batch_norm_forward(x, one, one, one, one * 0, mode=mode, eps=1e-320)
+    if dtype == np.float32:
+        with pytest.raises(ValueError, match="eps must be >= "):
+            batch_norm_forward(x, one, one, one, one * 0, mode=mode, eps=1e-50)
+    out, cache = batch_norm_forward(x, one, one, one, one * 0, mode=mode, eps=tiny)
+    np.testing.assert_array_equal(out, 1)
+    for grad in batch_norm_backward(x, cache):
+        assert np.isfinite(grad).all()
+
+
 @pytest.mark.cudasim
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 2, 17, 19)])  # 40 values per channel; 646 > _BLOCK

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import backend, validate
 from ..ops import activations, atrous, dropout, interp, norm, pool
-from ..ops._checks import unit_interval
+from ..ops._checks import epsilon, unit_interval
 from .module import Module, Parameter
 
 
@@ -131,9 +131,9 @@ class BatchNorm2d(Module):
     def __init__(self, num_features, *, eps=1e-5, momentum=0.1, frozen=False, dtype=np.float32):
         super().__init__()
         c = validate.integer("num_features", num_features, 1)
-        self.eps = validate.positive("eps", eps)
-        self.momentum = unit_interval("momentum", momentum)
         dtype = float_dtype(dtype)
+        self.eps = epsilon(eps, dtype)
+        self.momentum = unit_interval("momentum", momentum)
         self.weight = Parameter(np.ones(c, dtype))
         self.bias = Parameter(np.zeros(c, dtype))
         self.frozen = frozen

@@ -1,6 +1,8 @@
 """Argument checks shared by the ops in this package (beside minilab.validate)."""
 import numbers
 
+import numpy as np
+
 from .. import validate
 
 
@@ -21,3 +23,10 @@ def unit_interval(name, value):
     if not 0 <= value <= 1:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
     return float(value)
+
+
+def epsilon(value, dtype):
+    """Check batch normalisation's ``eps``: a real number no smaller than the smallest normal
+    number of ``dtype`` (1.2e-38 for float32), so that ``1 / sqrt(var + eps)`` stays finite
+    in ``dtype`` even where ``var = 0``; returns it as a float."""
+    return validate.real("eps", value, minimum=float(np.finfo(dtype).tiny))

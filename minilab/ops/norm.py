@@ -43,7 +43,7 @@ import numpy as np
 from numba import float64
 
 from .. import backend, validate
-from ._checks import unit_interval, upstream_gradient
+from ._checks import epsilon, unit_interval, upstream_gradient
 
 MODES = ("train", "eval", "frozen")
 cuda = backend.cuda
@@ -65,8 +65,8 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, mode,
         Required: which statistics normalise ``x``.
     momentum : float in [0, 1]
         Weight of the batch statistics in the running-statistics update.
-    eps : float > 0
-        Added to the variance.
+    eps : float >= the smallest normal number of x's dtype (1.2e-38 for float32)
+        Added to the variance; smaller, ``1 / sqrt(var + eps)`` could overflow where var = 0.
 
     Returns
     -------
@@ -84,7 +84,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, mode,
             raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {v.dtype}")
     validate.choice("mode", mode, MODES)
     momentum = unit_interval("momentum", momentum)
-    eps = validate.positive("eps", eps)
+    eps = epsilon(eps, x.dtype)
     xp = backend.array_module(x, gamma, beta, running_mean, running_var)
     m = x.shape[0] * x.shape[2] * x.shape[3]
     if mode == "train" and m < 2:

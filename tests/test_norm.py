@@ -139,6 +139,18 @@ def test_eps_must_be_a_normal_number_of_the_dtype(dtype, mode):
         assert np.isfinite(grad).all()
 
 
+@pytest.mark.parametrize("frozen", ["running_mean", "running_var"])
+def test_train_refuses_read_only_running_statistics_before_updating_either(frozen, rng):
+    x, gamma, beta, mean, var = make(rng)
+    stats = {"running_mean": mean.copy(), "running_var": var.copy()}
+    stats[frozen].flags.writeable = False
+    with pytest.raises(ValueError, match=f"{frozen} must be writeable"):
+        batch_norm_forward(x, gamma, beta, stats["running_mean"], stats["running_var"], mode="train")
+    np.testing.assert_array_equal(stats["running_mean"], mean)  # neither was touched
+    np.testing.assert_array_equal(stats["running_var"], var)
+    batch_norm_forward(x, gamma, beta, stats["running_mean"], stats["running_var"], mode="eval")  # only read
+
+
 @pytest.mark.cudasim
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 2, 17, 19)])  # 40 values per channel; 646 > _BLOCK

@@ -60,7 +60,8 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, mode,
     gamma, beta : ndarray, shape (C,), the dtype of ``x``
         Scale and shift.
     running_mean, running_var : ndarray, shape (C,), the dtype of ``x``
-        Updated in place when ``mode="train"``; read otherwise.
+        Updated in place when ``mode="train"`` (so they must be writeable then); read
+        otherwise.
     mode : {"train", "eval", "frozen"}
         Required: which statistics normalise ``x``.
     momentum : float in [0, 1]
@@ -89,6 +90,9 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, mode,
     m = x.shape[0] * x.shape[2] * x.shape[3]
     if mode == "train" and m < 2:
         raise ValueError(f"mode='train' needs more than one value per channel, got x of shape {tuple(x.shape)}")
+    for name, v in (("running_mean", running_mean), ("running_var", running_var)):
+        if mode == "train" and isinstance(v, np.ndarray) and not v.flags.writeable:  # CuPy has no such flag
+            raise ValueError(f"{name} must be writeable: mode='train' updates it in place, got a read-only array")
     if mode != "train" and validate.scans_on() and bool((running_var < 0).any()):
         raise ValueError("running_var must be >= 0")
     if xp is not np and cuda is not None:  # without numba-cuda, CuPy runs the expressions below

@@ -124,13 +124,14 @@ def positive(name, value):
     return real(name, value, positive=True)
 
 
-def pair(name, value, minimum=0):
-    """An int or a pair of ints (e.g. padding), each >= ``minimum``, as a tuple of two."""
+def pair(name, value, minimum=0, maximum=None):
+    """An int or a pair of ints (e.g. padding), each in [``minimum``, ``maximum``] (no upper
+    bound when ``maximum`` is None), as a tuple of two."""
     sequence = isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim == 1)
     values = tuple(value) if sequence else (value, value)
     if len(values) != 2:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return tuple(integer(name, v, minimum) for v in values)
+    return tuple(integer(name, v, minimum, maximum) for v in values)
 
 
 def choice(name, value, options):

@@ -170,6 +170,26 @@ def test_bad_inputs():
         max_pool2d_backward(np.zeros(out.shape, np.float64), cache)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_window_of_2_to_the_31_offsets_is_refused_naming_the_kernel(method):
+    """The winner's offset a·kw + b is kept as int32: past 2**31 - 1 it wrapped, and the
+    backward sent the gradient outside dx (a segfault)."""
+    x = np.array([0.0, 5.0]).reshape(1, 1, 2, 1)
+    for kernel, padding in (((2, 3 * 2**30), (0, 3 * 2**29)), ((2**16, 2**15), (2**15, 2**14))):
+        with pytest.raises(ValueError, match=r"kernel must have kh·kw <= 2147483647 offsets"):
+            max_pool2d_forward(x, kernel, padding=padding, method=method)
+    if method == "numba":  # "xp" would loop over the 2**31 - 2 offsets of a window allowed
+        out, cache = max_pool2d_forward(x, (2, 2**30 - 1), padding=(0, 2**29 - 1), method=method)
+        np.testing.assert_array_equal(out, [[[[5.0]]]])
+        np.testing.assert_array_equal(max_pool2d_backward(np.ones_like(out), cache), [[[[0.0], [1.0]]]])
+
+
+@pytest.mark.parametrize("stride", [2**31, 2**63, (1, 2**64)])
+def test_a_stride_past_int32_is_refused_naming_it(stride):
+    with pytest.raises(ValueError, match="stride must be <= 2147483647"):
+        max_pool2d_forward(np.zeros((1, 1, 4, 4)), 2, stride)
+
+
 def test_non_contiguous_input(rng):
     x = rng.standard_normal((3, 2, 9, 8)).transpose(1, 0, 3, 2)  # a view, not C-ordered
     out, cache = max_pool2d_forward(x, 3, 2, 1)

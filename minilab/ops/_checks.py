@@ -5,6 +5,11 @@ import numpy as np
 
 from .. import validate
 
+#: The bound on sizes, steps and rates that reach the ops' Numba kernels, which take Python
+#: ints as int64 (and fail past 2**63 with an error that names nothing) or store window
+#: offsets as int32; no image comes near it.
+INT32_MAX = 2**31 - 1
+
 
 def upstream_gradient(dout, shape, dtype, name="dout"):
     """Check that the upstream gradient ``dout`` matches the forward output's shape and dtype."""

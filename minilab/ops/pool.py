@@ -37,7 +37,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import backend, validate
-from ._checks import upstream_gradient
+from ._checks import INT32_MAX, upstream_gradient
 
 cuda = backend.cuda
 
@@ -49,9 +49,9 @@ def max_pool2d_forward(x, kernel, stride=None, padding=0, *, ceil_mode=False, me
     ----------
     x : ndarray (NumPy or CuPy), float32 or float64, shape (N, C, H, W)
     kernel : int or (int, int)
-        Window size ``(kh, kw)``, each >= 1.
+        Window size ``(kh, kw)``, each >= 1, with ``kh·kw <= 2**31 - 1``.
     stride : int or (int, int), optional
-        Default: the kernel size.
+        Default: the kernel size; each at most ``2**31 - 1``.
     padding : int or (int, int)
         Implicit ``-inf`` border, at most half the kernel (as in PyTorch).
     ceil_mode : bool
@@ -67,7 +67,10 @@ def max_pool2d_forward(x, kernel, stride=None, padding=0, *, ceil_mode=False, me
     """
     validate.float_array("x", x, ndim=4)
     kh, kw = validate.pair("kernel", kernel, minimum=1)
-    sh, sw = validate.pair("stride", kernel if stride is None else stride, minimum=1)
+    if kh * kw > INT32_MAX:
+        raise ValueError(f"kernel must have kh·kw <= {INT32_MAX} offsets (the winner's is kept "
+                         f"as int32), got {(kh, kw)}")
+    sh, sw = validate.pair("stride", kernel if stride is None else stride, minimum=1, maximum=INT32_MAX)
     ph, pw = validate.pair("padding", padding, minimum=0)
     if not isinstance(ceil_mode, bool):
         raise TypeError(f"ceil_mode must be True or False, got {ceil_mode!r}")

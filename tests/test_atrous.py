@@ -168,6 +168,9 @@ def _inputs(rng):
     (dict(stride=0), ValueError, "stride"),
     (dict(padding=-1), ValueError, "padding"),
     (dict(padding=(1, 2, 3)), ValueError, "padding"),
+    (dict(stride=2**63), ValueError, "stride must be <= 2147483647"),  # no int64 for Numba
+    (dict(rate=2**63, padding=2**63), ValueError, "rate must be <= 2147483647"),
+    (dict(padding=(0, 2**31)), ValueError, "padding must be <= 2147483647"),
     (dict(rate=5), ValueError, "larger than the padded input"),
     (dict(x=np.zeros((1, 2, 8, 8), np.int64)), TypeError, "x"),
     (dict(x=[[[[1.0]]]]), TypeError, "x"),

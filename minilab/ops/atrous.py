@@ -62,6 +62,7 @@ from numba import njit, prange
 
 from .. import backend, validate
 from . import winograd
+from ._checks import INT32_MAX
 
 cuda = backend.cuda
 
@@ -183,11 +184,11 @@ def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="
     x : ndarray, shape (N, C, H, W), float32 or float64, NumPy or CuPy
     w : ndarray, shape (F, C, kh, kw), same dtype and array module
     b : ndarray, shape (F,), or None
-    rate : int >= 1
+    rate : int in [1, 2**31 - 1]
         Dilation: taps are ``rate`` pixels apart.
-    stride : int >= 1
+    stride : int in [1, 2**31 - 1]
         Output step (``"deinterlace"`` needs 1).
-    padding : int or (int, int), >= 0
+    padding : int or (int, int), each in [0, 2**31 - 1]
         Zeros added on both sides of H and of W.
     method : str
         A key of :data:`METHODS`, or ``"auto"`` for :func:`auto_method`'s choice.
@@ -211,9 +212,9 @@ def atrous_conv2d_forward(x, w, b=None, *, rate=1, stride=1, padding=0, method="
         raise ValueError(f"x and w must not be empty, got shapes {tuple(x.shape)} and {tuple(w.shape)}")
     if w.shape[1] != x.shape[1]:
         raise ValueError(f"w has {w.shape[1]} input channels (w.shape[1]) but x has {x.shape[1]} (x.shape[1])")
-    rate = validate.integer("rate", rate, minimum=1)
-    stride = validate.integer("stride", stride, minimum=1)
-    ph, pw = validate.pair("padding", padding, minimum=0)
+    rate = validate.integer("rate", rate, minimum=1, maximum=INT32_MAX)
+    stride = validate.integer("stride", stride, minimum=1, maximum=INT32_MAX)
+    ph, pw = validate.pair("padding", padding, minimum=0, maximum=INT32_MAX)
     validate.choice("method", method, ["auto", *METHODS])
     gpu = backend.is_gpu_array(x)
     if method == "auto":

@@ -95,6 +95,24 @@ def test_winograd_agrees_with_the_direct_sum(p):
             np.testing.assert_allclose(ga, gb, rtol=tol, atol=tol * scale, err_msg=what)
 
 
+@pytest.mark.parametrize("rate, side", [(40, 8), (5, 9), (3, 7)])
+def test_winograd_builds_only_the_tiles_that_hold_outputs(rate, side, rng):
+    """At a rate of the output's size or more each residue has one output: one tile per
+    output, not rate² tiles (rate 300 on 8×8 took 3000 times shifted's time, and 350 MiB);
+    below it, no last tile starts past the edge. Forward and backward still agree with direct."""
+    x, w = rng.standard_normal((2, 3, side, side)), rng.standard_normal((4, 3, 3, 3))
+    y, cache = atrous_conv2d_forward(x, w, rate=rate, padding=rate, method="winograd")
+    rows = cache[1][-2]
+    assert rows.tolist() == [s + 2 * rate * k for k in range(side) for s in range(rate)
+                             if s + 2 * rate * k < side]
+    assert cache[1][2].shape == (16, 3, 2 * rows.size ** 2)  # the transformed tiles kept
+    y_ref, cache_ref = atrous_conv2d_forward(x, w, rate=rate, padding=rate, method="direct")
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    for got, want in zip(atrous_conv2d_backward(dy, cache)[:2], atrous_conv2d_backward(dy, cache_ref)[:2]):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_blocked_im2col_gives_the_unblocked_result(stride, rng, monkeypatch):
     """With a tiny block budget every output row is its own im2col block and GEMM."""

@@ -228,10 +228,12 @@ def _work(name, shape, dtype):
 def _origins(size, rate):
     """The first output of each tile along a side of ``size`` outputs: the tiles of residue
     s mod ``rate`` take that residue's outputs two by two, s, s + 2·rate, s + 4·rate, ... (a
-    last tile may stick out). At rate 1: 0, 2, 4, ..."""
-    per_residue = -(-(-(-size // rate)) // 2)
-    t = np.arange(rate * per_residue)
-    return t % rate + 2 * rate * (t // rate)
+    last tile may stick out), for the residues s < min(rate, size) that have outputs, and
+    only the origins below ``size``. At rate 1: 0, 2, 4, ...; at a rate of ``size`` or more,
+    one tile per output, 0, 1, ..., size - 1."""
+    per_residue = -(-(-(-size // rate)) // 2)  # the tiles of residue 0, which has the most outputs
+    origins = np.arange(min(rate, size)) + 2 * rate * np.arange(per_residue)[:, None]
+    return origins[origins < size]
 
 
 def forward(x, w, rate, stride, padding):

@@ -113,6 +113,27 @@ def test_winograd_builds_only_the_tiles_that_hold_outputs(rate, side, rng):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_winograd_range_is_the_documented_one():
+    """Finite up to |x|, |dy| = max/4 and |w| = max/4.5 (float32's max), NaN just above,
+    where shifted stays finite: the bounds winograd's docstring states."""
+    top = float(np.finfo(np.float32).max)
+    checker = np.tile(np.float32([[1, -1], [-1, 1]]), (4, 4))[None, None]  # V adds 4 pixels of one sign
+    small_x, small_w = np.full((1, 1, 8, 8), 1e-3, np.float32), np.full((1, 1, 3, 3), 1e-3, np.float32)
+
+    def finite(x, w, dy_scale, method):
+        y, cache = atrous_conv2d_forward(x, w, padding=1, method=method)
+        grads = atrous_conv2d_backward((checker * dy_scale).astype(np.float32), cache)[:2]
+        return [bool(np.isfinite(a).all()) for a in (y, *grads)]
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        for bound, args in ((4, lambda v: (checker * v, small_w, 1e-3)),    # x
+                            (4.5, lambda v: (small_x, np.full_like(small_w, v), 1e-3)),  # w
+                            (4, lambda v: (small_x, small_w, v))):           # dy
+            inside, outside = (args(np.float32(top / f)) for f in (bound, bound * 0.97))
+            assert all(finite(*inside, "winograd")) and all(finite(*outside, "shifted"))
+            assert not all(finite(*outside, "winograd"))
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_blocked_im2col_gives_the_unblocked_result(stride, rng, monkeypatch):
     """With a tiny block budget every output row is its own im2col block and GEMM."""

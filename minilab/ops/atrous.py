@@ -44,7 +44,9 @@ and two more ways that are faster here, six in all:
 ``"winograd"``
     Not one of the paper's: Winograd's F(2×2, 3×3) (:mod:`minilab.ops.winograd`), 16 GEMMs
     on transformed 4×4 tiles doing 2.25× fewer multiply-adds, the tiles' pixels ``rate``
-    apart. 3×3 kernels at stride 1 only, and NumPy arrays only.
+    apart. 3×3 kernels at stride 1 only, NumPy arrays only, and a narrower range: its
+    transforms add before multiplying, so it needs |x|, |dout| <= max/4 and |w| <= max/4.5
+    (about 8e37 in float32) where the other methods take any values with finite sums.
 
 ``method="auto"`` (the default) picks one per call with :func:`auto_method`: ``"winograd"``
 for big 3×3 layers at rate 1 or 2 and stride 1 on the CPU; ``"shifted"`` for 1×1 kernels at
@@ -140,7 +142,9 @@ def auto_method(in_channels, out_channels, stride, rate, kernel_size=(3, 3), pix
     padding that ``"shifted"`` skips, so it needs bigger layers: ``shifted`` / winograd,
     C→C, 512 on 41×41 117 / 107, 256 on 81×81 115 / 106, 512 on 65×65 275 / 221, 1024 on
     41×41 446 / 381; but 256 on 41×41 29 / 33 and 512 on 33×33 73 / 82. At higher rates
-    the padding dominates (fc6, 512→1024 at rate 12 on 41×41: 197 / 231).
+    the padding dominates (fc6, 512→1024 at rate 12 on 41×41: 197 / 231). Its float range
+    is narrower (module docstring): for values within a factor 4.5 of the dtype's largest,
+    name another method rather than ``"auto"``.
     """
     in_channels = validate.integer("in_channels", in_channels, minimum=1)
     out_channels = validate.integer("out_channels", out_channels, minimum=1)

@@ -28,6 +28,15 @@ The backward pass is the same linear pipeline transposed:
 
 In exact arithmetic this is the convolution; in floating point the transforms round
 differently from the direct sum (relative differences of a few 1e-7 in float32).
+
+Range: the transforms add before they multiply, in the maps' dtype. V adds up to 4 pixels,
+U up to 9 taps (4.5·max|g| before its last halving), and A dY Aᵀ up to 4 values of dy, so
+the method needs |x| and |dy| <= max/4 and |w| <= max/4.5, ``max`` the dtype's largest
+number (8.5e37 and 7.5e37 in float32; just above, an infinite transform meets another
+and gives NaN). The other methods multiply first and take any finite values whose products
+and sums stay finite; here the sums over channels and in Aᵀ M A are bounded by
+81·C·max|x|·max|w| where the direct sum's are by 9·C·max|x|·max|w|. Nothing scans the
+input for this (a pass over memory on every call): choose another method for such values.
 """
 import threading
 

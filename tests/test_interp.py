@@ -184,6 +184,21 @@ def test_kept_matrices_are_read_only_and_kept_apart_by_dtype_and_convention(rng)
     np.testing.assert_array_equal(a_h, interp.interpolation_matrix(9, 5, True))
 
 
+@pytest.mark.parametrize("args, error, message", [
+    ((5, 3, "False"), TypeError, "align_corners must be True or False, got 'False'"),  # was True
+    ((3, 0, True), ValueError, "n_in must be >= 1, got 0"),  # was lo = hi = -1
+    ((0, 3, False), ValueError, "n_out must be >= 1, got 0"),
+    ((2.5, 3, True), TypeError, "n_out must be an integer, got 2.5"),  # was 3 taps
+    ((3, 2.0, False), TypeError, "n_in must be an integer"),
+])
+def test_public_taps_and_matrix_check_their_arguments(args, error, message):
+    for function in (interp.interpolation_taps, interp.interpolation_matrix):
+        with pytest.raises(error, match=message):
+            function(*args)
+    lo, hi, frac = interp.interpolation_taps(np.int64(3), np.int32(2), np.bool_(True))
+    assert lo.tolist() == [0, 0, 1] and hi.tolist() == [1, 1, 1] and frac.tolist() == [0, 0.5, 0]
+
+
 def test_aligned_upsampling_by_8_puts_score_pixel_i_on_image_pixel_8i(rng):
     x = rng.standard_normal((1, 4, 41, 41)).astype(np.float32)
     out, _ = bilinear_resize_forward(x, (321, 321), align_corners=True)

@@ -53,8 +53,12 @@ def interpolation_taps(n_out, n_in, align_corners):
 
     ``lo = floor(s_i)`` and ``hi = min(lo + 1, n_in - 1)`` (int64), ``frac = s_i - lo``
     (float64), with ``s_i`` the source coordinate of the chosen convention (module docstring);
-    ``y_i = (1 - frac_i) x[lo_i] + frac_i x[hi_i]``.
+    ``y_i = (1 - frac_i) x[lo_i] + frac_i x[hi_i]``. ``n_out`` and ``n_in`` are integers >= 1,
+    ``align_corners`` a bool.
     """
+    n_out = validate.integer("n_out", n_out, minimum=1)
+    n_in = validate.integer("n_in", n_in, minimum=1)
+    align_corners = validate.boolean("align_corners", align_corners)
     i = np.arange(n_out, dtype=np.float64)
     if align_corners:
         scale = (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
@@ -69,7 +73,7 @@ def interpolation_matrix(n_out, n_in, align_corners, dtype=np.float64):
     """The ``n_out × n_in`` matrix of 1-D linear interpolation (NumPy, two non-zeros a row).
 
     Row ``i`` holds the weights ``1 - frac_i`` and ``frac_i`` at columns ``lo_i`` and ``hi_i``
-    of :func:`interpolation_taps`.
+    of :func:`interpolation_taps`, which checks the arguments.
     """
     lo, hi, frac = interpolation_taps(n_out, n_in, align_corners)
     a = np.zeros((n_out, n_in), dtype=dtype)

@@ -77,6 +77,12 @@ def test_other_ignore_index(rng):
     assert float(loss) == float(ref)
 
 
+@pytest.mark.parametrize("label", [255, 0])  # every pixel ignored, or labelled outside 0..-1
+def test_logits_without_classes_are_named(label):
+    with pytest.raises(ValueError, match=r"logits must have at least one class \(axis 1\), got shape \(1, 0, 2, 2\)"):
+        softmax_cross_entropy_forward(np.zeros((1, 0, 2, 2)), np.full((1, 2, 2), label))
+
+
 def test_bad_inputs(rng):
     logits, labels = make(rng)
     with pytest.raises(ValueError, match=r"labels must be in 0\.\.4 or 255"):

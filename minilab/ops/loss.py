@@ -41,6 +41,8 @@ def softmax_cross_entropy_forward(logits, labels, ignore_index=255):
     validate.float_array("logits", logits, ndim=4)
     validate.label_array("labels", labels)
     n, c, h, w = logits.shape
+    if c == 0:
+        raise ValueError(f"logits must have at least one class (axis 1), got shape {tuple(logits.shape)}")
     if tuple(labels.shape) != (n, h, w):
         raise ValueError(f"labels must have shape (N, h, w) = {(n, h, w)} to match logits "
                          f"{tuple(logits.shape)}, got {tuple(labels.shape)}")

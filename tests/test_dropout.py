@@ -20,6 +20,15 @@ def test_inverted_scaling_and_keep_rate(channelwise):
         assert (out.min(axis=(2, 3)) == out.max(axis=(2, 3))).all()
 
 
+@pytest.mark.parametrize("flag", [np.True_, np.False_])
+def test_numpy_bools_are_flags_like_python_bools(flag, rng):
+    x = rng.standard_normal((2, 3, 5, 5))
+    for name in ("training", "channelwise"):
+        want, _ = dropout_forward(x, 0.5, np.random.default_rng(7), **{name: bool(flag)})
+        got, _ = dropout_forward(x, 0.5, np.random.default_rng(7), **{name: flag})
+        np.testing.assert_array_equal(got, want)
+
+
 def test_reproducible_from_the_rng_and_different_across_seeds(rng):
     x = rng.standard_normal((2, 3, 5, 5))
     a, _ = dropout_forward(x, 0.5, np.random.default_rng(7))

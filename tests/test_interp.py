@@ -199,6 +199,13 @@ def test_public_taps_and_matrix_check_their_arguments(args, error, message):
     assert lo.tolist() == [0, 0, 1] and hi.tolist() == [1, 1, 1] and frac.tolist() == [0, 0.5, 0]
 
 
+@pytest.mark.parametrize("align_corners", [np.True_, np.False_])
+def test_align_corners_takes_a_numpy_bool(align_corners, rng):
+    x = rng.standard_normal((1, 2, 4, 5))
+    got = bilinear_resize_forward(x, (7, 9), align_corners=align_corners)[0]
+    np.testing.assert_array_equal(got, bilinear_resize_forward(x, (7, 9), align_corners=bool(align_corners))[0])
+
+
 def test_aligned_upsampling_by_8_puts_score_pixel_i_on_image_pixel_8i(rng):
     x = rng.standard_normal((1, 4, 41, 41)).astype(np.float32)
     out, _ = bilinear_resize_forward(x, (321, 321), align_corners=True)

@@ -136,6 +136,7 @@ def test_nn_layer_arguments_are_checked():
         nn.Conv2d(3, 4, 2.5)
     with pytest.raises(TypeError, match="align_corners must be True or False"):
         nn.Upsample(scale_factor=2, align_corners=None)
+    assert nn.Upsample(scale_factor=2, align_corners=np.True_).align_corners is True
     with pytest.raises(ValueError, match="exactly one of size and scale_factor"):
         nn.Upsample(align_corners=True)
     conv = nn.Conv2d(3, 4, 3, padding=1)

@@ -170,6 +170,13 @@ def test_bad_inputs():
         max_pool2d_backward(np.zeros(out.shape, np.float64), cache)
 
 
+@pytest.mark.parametrize("ceil_mode", [np.True_, np.False_])
+def test_ceil_mode_takes_a_numpy_bool(ceil_mode):
+    x = np.arange(36.0).reshape(1, 1, 6, 6)
+    got, want = max_pool2d_forward(x, 3, 2, ceil_mode=ceil_mode), max_pool2d_forward(x, 3, 2, ceil_mode=bool(ceil_mode))
+    np.testing.assert_array_equal(got[0], want[0])
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_a_window_of_2_to_the_31_offsets_is_refused_naming_the_kernel(method):
     """The winner's offset a·kw + b is kept as int32: past 2**31 - 1 it wrapped, and the

@@ -267,9 +267,7 @@ class Upsample(Module):
             raise ValueError("give exactly one of size and scale_factor")
         self.size = None if size is None else validate.pair("size", size, 1)
         self.scale_factor = None if scale_factor is None else validate.integer("scale_factor", scale_factor, 1)
-        if not isinstance(align_corners, bool):
-            raise TypeError(f"align_corners must be True or False, got {align_corners!r}")
-        self.align_corners = align_corners
+        self.align_corners = validate.boolean("align_corners", align_corners)
 
     def extra_repr(self):
         what = f"size={self.size}" if self.size else f"scale_factor={self.scale_factor}"

@@ -41,9 +41,8 @@ def dropout_forward(x, p, rng, *, training=True, channelwise=False):
     """
     validate.float_array("x", x)
     p = unit_interval("p", p)
-    for name, flag in (("training", training), ("channelwise", channelwise)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be True or False, got {flag!r}")
+    training = validate.boolean("training", training)
+    channelwise = validate.boolean("channelwise", channelwise)
     if channelwise and x.ndim < 2:
         raise ValueError(f"channelwise dropout needs x of shape (N, C, ...), got shape {tuple(x.shape)}")
     gpu = backend.is_gpu_array(x)

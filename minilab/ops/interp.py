@@ -135,8 +135,7 @@ def bilinear_resize_forward(x, size, *, align_corners, method=None):
     if min(x.shape[2:]) < 1:
         raise ValueError(f"x must have a height and width of at least 1, got shape {tuple(x.shape)}")
     h, w = validate.pair("size", size, minimum=1)
-    if not isinstance(align_corners, bool):
-        raise TypeError(f"align_corners must be True or False, got {align_corners!r}")
+    align_corners = validate.boolean("align_corners", align_corners)
     if method is None:
         method = "matmul" if backend.is_gpu_array(x) else "numba"
     validate.choice("method", method, METHODS)

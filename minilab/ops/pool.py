@@ -72,8 +72,7 @@ def max_pool2d_forward(x, kernel, stride=None, padding=0, *, ceil_mode=False, me
                          f"as int32), got {(kh, kw)}")
     sh, sw = validate.pair("stride", kernel if stride is None else stride, minimum=1, maximum=INT32_MAX)
     ph, pw = validate.pair("padding", padding, minimum=0)
-    if not isinstance(ceil_mode, bool):
-        raise TypeError(f"ceil_mode must be True or False, got {ceil_mode!r}")
+    ceil_mode = validate.boolean("ceil_mode", ceil_mode)
     validate.choice("method", method, METHODS)
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"padding must be at most half the kernel {(kh, kw)}, got {(ph, pw)}")

@@ -108,9 +108,9 @@ def test_float32_statistics_are_summed_in_float64(rng):
     np.testing.assert_allclose(var, 0.9 + 0.1 * x64.var() * 32 / 31, rtol=1e-6)
 
 
-def test_float32_gradient_sums_are_summed_in_float64():
+def test_float32_gradient_sums_that_overflow_are_redone_in_float64():
     """dout of ±1e38 whose float32 partial sums overflow (inf - inf = NaN) though dbeta and
-    dgamma are 0: summed in float64, dx is gamma·inv_std·dout, finite."""
+    dgamma are 0: redone in float64, dx is gamma·inv_std·dout, finite."""
     x = np.tile(np.float32([1, -1]), 16).reshape(2, 1, 4, 4)  # xhat = x, orthogonal to dout
     dout = np.tile(np.float32([1, 1, 1, 1, -1, -1, -1, -1]) * 1e38, 4).reshape(x.shape)
     gamma, beta, mean, var = (np.array([v], np.float32) for v in (1, 0, 0, 1))

@@ -25,9 +25,10 @@ Three modes choose ``mu`` and ``var``:
 
 In every mode ``dgamma = sum(dy · x̂)`` and ``dbeta = sum(dy)`` over N, H, W.
 
-Means, variances and the sums of the backward pass are accumulated in float64 for
-float32 maps too (otherwise the squared deviations overflow once ``|x - mu|`` passes
-1.8e19); the outputs and running statistics are stored in the maps' dtype.
+Means and variances are accumulated in float64 for float32 maps too (otherwise the squared
+deviations overflow once ``|x - mu|`` passes 1.8e19), and the backward's sums are redone in
+float64 where a float32 partial sum overflows; the outputs, gradients and running statistics
+are stored in the maps' dtype.
 
 NumPy arrays go through the array expressions below. On CuPy arrays the same expressions
 would launch about 26 kernels per layer (forward and backward), each a few per-channel
@@ -134,10 +135,8 @@ def batch_norm_backward(dout, cache):
     upstream_gradient(dout, xhat.shape, xhat.dtype)
     if backend.is_gpu_array(dout) and cuda is not None:
         return _gpu_backward(dout, xhat, gamma, inv_std, mode)
-    # Summed in float64, as the GPU kernel does: float32 partial sums can overflow where the
-    # means that dx needs are finite.
-    dbeta = dout.sum(axis=(0, 2, 3), dtype=np.float64)
-    dgamma = (dout * xhat).sum(axis=(0, 2, 3), dtype=np.float64)
+    dbeta = _channel_sum(dout)
+    dgamma = _channel_sum(dout * xhat)
     scale = (gamma * inv_std)[:, None, None]
     if mode == "train":
         m = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
@@ -146,6 +145,16 @@ def batch_norm_backward(dout, cache):
     else:
         dx = scale * dout
     return dx, dgamma.astype(dout.dtype), dbeta.astype(dout.dtype)
+
+
+def _channel_sum(a):
+    """The sum over N, H, W per channel, in ``a``'s dtype, or in float64 (as the GPU kernel
+    always sums) where a partial sum overflowed: the total, or its mean that dx needs, may
+    still be finite. Summing float32 in float64 every time would cost twice the time."""
+    total = a.sum(axis=(0, 2, 3))
+    if not bool(backend.array_module(a).isfinite(total).all()):
+        total = a.sum(axis=(0, 2, 3), dtype=np.float64)
+    return total
 
 
 

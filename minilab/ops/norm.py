@@ -151,7 +151,8 @@ def _channel_sum(a):
     """The sum over N, H, W per channel, in ``a``'s dtype, or in float64 (as the GPU kernel
     always sums) where a partial sum overflowed: the total, or its mean that dx needs, may
     still be finite. Summing float32 in float64 every time would cost twice the time."""
-    total = a.sum(axis=(0, 2, 3))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is handled here
+        total = a.sum(axis=(0, 2, 3))
     if not bool(backend.array_module(a).isfinite(total).all()):
         total = a.sum(axis=(0, 2, 3), dtype=np.float64)
     return total

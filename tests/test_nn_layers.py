@@ -134,6 +134,15 @@ def test_nn_layer_arguments_are_checked():
         nn.Conv2d(3, 4, 3, rate=0)
     with pytest.raises(TypeError, match="kernel_size must be an integer"):
         nn.Conv2d(3, 4, 2.5)
+    # the ops' int32 bounds, refused when the layer is built rather than at its first forward
+    with pytest.raises(ValueError, match="rate must be <= 2147483647"):
+        nn.Conv2d(3, 4, 3, rate=2**31)
+    with pytest.raises(ValueError, match="padding must be <= 2147483647"):
+        nn.Conv2d(3, 4, 3, padding=2**40)
+    with pytest.raises(ValueError, match="kernel_size must be <= 46340"):
+        nn.MaxPool2d(2**16)
+    with pytest.raises(ValueError, match="stride must be <= 2147483647"):
+        nn.MaxPool2d(3, stride=2**31)
     with pytest.raises(TypeError, match="align_corners must be True or False"):
         nn.Upsample(scale_factor=2, align_corners=None)
     assert nn.Upsample(scale_factor=2, align_corners=np.True_).align_corners is True

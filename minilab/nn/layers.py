@@ -11,11 +11,13 @@ N(0, std²) with He et al.'s (2015, "MSRA") std = sqrt(2 / fan_in), fan_in = C_i
 ``std`` is given — DeepLab's Caffe models draw the classifier fc8 with std 0.01; biases
 start at 0; batch-norm scale at 1, shift at 0, running mean 0 and variance 1.
 """
+import math
+
 import numpy as np
 
 from .. import backend, validate
 from ..ops import activations, atrous, dropout, interp, norm, pool
-from ..ops._checks import epsilon, unit_interval
+from ..ops._checks import INT32_MAX, epsilon, unit_interval
 from .module import Module, Parameter
 
 
@@ -72,9 +74,9 @@ class Conv2d(Module):
         cin = validate.integer("in_channels", in_channels, 1)
         cout = validate.integer("out_channels", out_channels, 1)
         k = validate.integer("kernel_size", kernel_size, 1)
-        self.stride = validate.integer("stride", stride, 1)
-        self.rate = validate.integer("rate", rate, 1)
-        self.padding = validate.pair("padding", padding)
+        self.stride = validate.integer("stride", stride, 1, INT32_MAX)
+        self.rate = validate.integer("rate", rate, 1, INT32_MAX)
+        self.padding = validate.pair("padding", padding, 0, INT32_MAX)
         self.method = validate.choice("method", method, ["auto", *atrous.METHODS])
         why = atrous.unsupported(self.method, (k, k), self.rate, self.stride)
         if why:
@@ -198,8 +200,8 @@ class MaxPool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0, *, ceil_mode=False):
         super().__init__()
-        self.kernel_size = validate.integer("kernel_size", kernel_size, 1)
-        self.stride = self.kernel_size if stride is None else validate.integer("stride", stride, 1)
+        self.kernel_size = validate.integer("kernel_size", kernel_size, 1, math.isqrt(INT32_MAX))  # k² offsets fit int32
+        self.stride = self.kernel_size if stride is None else validate.integer("stride", stride, 1, INT32_MAX)
         self.padding = validate.integer("padding", padding, 0)
         self.ceil_mode = bool(ceil_mode)
 

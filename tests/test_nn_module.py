@@ -174,8 +174,11 @@ def test_nn_pth_read_errors_name_the_file_and_bfloat16_loads(tmp_path):
     torch.save({"w": torch.ones(2, dtype=torch.bfloat16), "b": torch.arange(3)}, tmp_path / "bf16.pth")
     with pytest.raises(ValueError, match=r"path: junk.pth is not a readable .pth weight file \(KeyError"):
         nn.load_weights(tmp_path / "junk.pth")
-    with pytest.raises(ValueError, match=r"module.pth is not a readable .pth .*pickled objects other than tensors"):
+    with pytest.raises(ValueError, match=r"(?s)module.pth is not a weights-only .pth state_dict .*whole model"):
         nn.load_weights(tmp_path / "module.pth")
+    (tmp_path / "garbage.pth").write_bytes(b"garbage bytes here")  # damage, not a model: torch's reason is kept
+    with pytest.raises(ValueError, match=r"(?s)garbage.pth is not a weights-only .pth state_dict \(.*Unsupported operand"):
+        nn.load_weights(tmp_path / "garbage.pth")
     state = nn.load_weights(tmp_path / "bf16.pth")
     assert state["w"].dtype == np.float32 and state["w"].tolist() == [1.0, 1.0] and state["b"].tolist() == [0, 1, 2]
 

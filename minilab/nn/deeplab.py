@@ -137,7 +137,8 @@ class MultiScale(Module):
     def backward(self, dout):
         xp = backend.array_module(dout)
         winner = self._saved("_winner")
-        upstream_gradient(dout, winner.shape, self._dtype)  # no broadcasting of a wrong shape
+        with validate.finite_scans_off():  # shape and dtype here (no broadcasting of a wrong shape);
+            upstream_gradient(dout, winner.shape, self._dtype)  # each branch scans what it is sent
         dx = None
         for i, (branch, down, up) in enumerate(self._branches):
             dy = xp.where(winner == i, dout, 0).astype(dout.dtype)

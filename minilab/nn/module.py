@@ -373,9 +373,9 @@ def load_weights(path):
             from safetensors.numpy import load_file
             return OrderedDict(load_file(str(path)))
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # weights_only met a pickled object: a whole model, say
-        raise ValueError(f"path: {path.name} is not a readable {suffix} weight file (it holds pickled objects "
-                         "other than tensors, such as a whole model; save the model's state_dict() instead)") from e
+    except pickle.UnpicklingError as e:  # weights_only met something else: a whole model, or damage
+        raise ValueError(f"path: {path.name} is not a weights-only {suffix} state_dict ({e}); if it holds a "
+                         "whole model, save the model's state_dict() instead") from e
     except Exception as e:  # a damaged or foreign file: name it, keep the parser's reason
         raise ValueError(f"path: {path.name} is not a readable {suffix} weight file ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

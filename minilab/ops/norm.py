@@ -25,10 +25,10 @@ Three modes choose ``mu`` and ``var``:
 
 In every mode ``dgamma = sum(dy · x̂)`` and ``dbeta = sum(dy)`` over N, H, W.
 
-Means and variances are accumulated in float64 for float32 maps too (otherwise the squared
-deviations overflow once ``|x - mu|`` passes 1.8e19), and the backward's sums are redone in
-float64 where a float32 partial sum overflows; the outputs, gradients and running statistics
-are stored in the maps' dtype.
+The per-channel sums (mean, variance, dgamma, dbeta) are redone in float64 where they
+overflow the maps' float32 (the squared deviations do once ``|x - mu|`` passes 1.8e19), as
+the GPU kernels always sum in float64; the outputs, gradients and running statistics are
+stored in the maps' dtype.
 
 NumPy arrays go through the array expressions below. On CuPy arrays the same expressions
 would launch about 26 kernels per layer (forward and backward), each a few per-channel
@@ -99,12 +99,11 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, mode,
     if xp is not np and cuda is not None:  # without numba-cuda, CuPy runs the expressions below
         return _gpu_forward(x, gamma, beta, running_mean, running_var, mode, momentum, eps)
     if mode == "train":
-        # Summed in float64, as the GPU kernel does: in float32 the squares overflow once
-        # |x - mu| passes 1.8e19. The deviations from mu rounded to x's dtype serve both var
-        # and xhat (that rounding moves var by at most ulp(mu)²/4, below float32's own grain).
-        mu = x.mean(axis=(0, 2, 3), dtype=np.float64)
+        # The deviations from mu serve both var and xhat; their squares overflow float32 once
+        # |x - mu| passes 1.8e19, and _channel_sum then redoes the sum in float64.
+        mu = _channel_sum(x) / m
         centred = x - mu.astype(x.dtype)[:, None, None]
-        var = xp.einsum("nchw,nchw->c", centred, centred, dtype=np.float64) / m
+        var = _channel_sum(centred, centred) / m
         running_mean *= 1 - momentum
         running_mean += momentum * mu
         running_var *= 1 - momentum
@@ -112,7 +111,7 @@ def batch_norm_forward(x, gamma, beta, running_mean, running_var, *, mode,
     else:
         centred = x - running_mean[:, None, None]
         var = running_var.astype(np.float64)
-    inv_std = (1 / xp.sqrt(var + eps)).astype(x.dtype)
+    inv_std = (1 / xp.sqrt(var.astype(np.float64) + eps)).astype(x.dtype)
     xhat = xp.multiply(centred, inv_std[:, None, None], out=centred)
     out = gamma[:, None, None] * xhat + beta[:, None, None]
     return out, (xhat, gamma, inv_std, mode)
@@ -136,7 +135,7 @@ def batch_norm_backward(dout, cache):
     if backend.is_gpu_array(dout) and cuda is not None:
         return _gpu_backward(dout, xhat, gamma, inv_std, mode)
     dbeta = _channel_sum(dout)
-    dgamma = _channel_sum(dout * xhat)
+    dgamma = _channel_sum(dout, xhat)
     scale = (gamma * inv_std)[:, None, None]
     if mode == "train":
         m = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
@@ -147,15 +146,21 @@ def batch_norm_backward(dout, cache):
     return dx, dgamma.astype(dout.dtype), dbeta.astype(dout.dtype)
 
 
-def _channel_sum(a):
-    """The sum over N, H, W per channel, in ``a``'s dtype, or in float64 (as the GPU kernel
-    always sums) where a partial sum overflowed: the total, or its mean that dx needs, may
-    still be finite. Summing float32 in float64 every time would cost twice the time."""
-    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is handled here
-        total = a.sum(axis=(0, 2, 3))
-    if not bool(backend.array_module(a).isfinite(total).all()):
-        total = a.sum(axis=(0, 2, 3), dtype=np.float64)
-    return total
+def _channel_sum(a, b=None):
+    """Σ over N, H, W per channel of ``a`` (or of ``a·b``), in ``a``'s dtype, and again in
+    float64, the products too, where that overflowed (the GPU kernels always sum in
+    float64): the total, or the mean that is wanted, may still be finite. Summing float32
+    in float64 every time doubled the time. On CuPy arrays (without numba-cuda) the sum is
+    float64 at once: checking for an overflow would make the host wait for the GPU."""
+    xp = backend.array_module(a)
+    if xp is np:
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is handled here
+            total = (a if b is None else a * b).sum(axis=(0, 2, 3))
+        if np.isfinite(total).all():
+            return total
+    if b is None:
+        return a.sum(axis=(0, 2, 3), dtype=np.float64)
+    return xp.einsum("nchw,nchw->c", a, b, dtype=np.float64)
 
 
 

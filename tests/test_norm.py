@@ -98,9 +98,9 @@ def test_bad_inputs(rng):
         batch_norm_backward(out[:1], cache)
 
 
-def test_float32_statistics_are_summed_in_float64(rng):
+def test_float32_statistics_that_overflow_are_redone_in_float64(rng):
     """Deviations of 1e19 square to 1e38: summed in float32 the variance overflowed, and the
-    output became beta. In float64 it matches the statistics of the same values in float64."""
+    output became beta. Redone in float64 it matches the statistics of the same values in float64."""
     x = (rng.standard_normal((2, 1, 4, 4)) * 1e19 + 1e19).astype(np.float32)
     gamma, beta, mean, var = (np.array([v], np.float32) for v in (1, 0, 0, 1))
     out, _ = batch_norm_forward(x, gamma, beta, mean, var, mode="train")

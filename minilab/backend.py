@@ -141,16 +141,17 @@ def launch(kernel, threads, *args):
     """Queue the Numba CUDA ``kernel`` with ``args`` on CuPy's current stream, after the work
     CuPy has queued there and without waiting for it (:func:`numba_view`).
 
-    ``threads`` is the number of threads, one per element, in blocks of :data:`THREADS` (0:
-    nothing is launched, as CUDA refuses a grid of no blocks), or a ``(grid, block)`` pair.
-    Under the simulator the arguments are NumPy arrays and pass through.
+    ``threads`` is the number of threads, one per element, in blocks of :data:`THREADS`, or a
+    ``(grid, block)`` pair. Where there are no threads or no blocks (0 threads, a grid with a
+    0 in it) nothing is launched, as CUDA refuses a grid of no blocks. Under the simulator
+    the arguments are NumPy arrays and pass through.
     """
     if isinstance(threads, (int, np.integer)):
-        if threads == 0:
-            return
         grid, block = (int(threads) + THREADS - 1) // THREADS, THREADS
     else:
         grid, block = threads
+    if 0 in (grid if isinstance(grid, tuple) else (grid,)):
+        return
     stream = 0  # the default stream, which is CuPy's null stream
     if cupy is not None and not cudasim():
         pointer = cupy.cuda.get_current_stream().ptr

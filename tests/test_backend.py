@@ -82,7 +82,10 @@ def test_launch_counts_threads_of_any_integer_type_and_skips_empty_work():
             return lambda *args: None
     backend.launch(Kernel(), np.int64(backend.THREADS + 1))
     backend.launch(Kernel(), 0)
-    assert configs == [(2, backend.THREADS)]
+    backend.launch(Kernel(), (0, 512))  # batch norm's block per channel, with no channels
+    backend.launch(Kernel(), ((4, 0), (16, 16)))
+    backend.launch(Kernel(), ((4, 2), (16, 16)))
+    assert configs == [(2, backend.THREADS), ((4, 2), (16, 16))]
 
 
 def test_validate_messages():

@@ -234,9 +234,11 @@ class Module:
                 continue
             old = value.data if isinstance(value, Parameter) else value
             xp = backend.array_module(old)
-            given = xp.asarray(backend.to_numpy(state[key]) if xp is np else state[key])
-            if given.dtype.kind not in "biuf":
-                raise TypeError(f"state_dict[{key!r}] must hold real numbers, got dtype {given.dtype}")
+            given = state[key]  # its dtype checked before CuPy sees it: CuPy refuses strings itself
+            dtype = given.dtype if hasattr(given, "dtype") else np.asarray(given).dtype
+            if dtype.kind not in "biuf":
+                raise TypeError(f"state_dict[{key!r}] must hold real numbers, got dtype {dtype}")
+            given = xp.asarray(backend.to_numpy(given) if xp is np else given)
             # checked after the cast, which may overflow (1e39 in float32) or truncate (3.7 in an int)
             with np.errstate(over="ignore", invalid="ignore"):
                 new = given.astype(old.dtype)

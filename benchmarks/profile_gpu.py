@@ -1,7 +1,8 @@
 """Where the GPU time goes: kernel-launch costs, the dense CRF's stages, every kernel the
 models and the CRF launch (a census through torch.profiler, device times), the models'
-layers, each timed on the host clock with the device synchronised around it, and where the
-host spends a model's forward+backward (cProfile, Python functions and the C calls beneath).
+layers, each timed on the host clock with the device synchronised around it, where the
+host spends a model's forward+backward (cProfile, Python functions and the C calls beneath),
+and batch normalisation's kernels against cuDNN on large and small maps.
 
     PYTHONPATH=. python benchmarks/profile_gpu.py
 
@@ -17,6 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from bench_crf import SETTINGS, problem  # noqa: E402
+from common import interleaved_ms  # noqa: E402
 
 from minilab import backend, nn  # noqa: E402
 from minilab.crf import meanfield, potentials  # noqa: E402
@@ -227,6 +229,34 @@ def kernel_census():
             print(f"{count:5d} {us / 1e3:8.2f} ms  {key[:90]}")
 
 
+def batch_norm_maps():
+    """Batch normalisation's one kernel per layer and direction (a block of threads per
+    channel, which also normalises the channel) against torch's cuDNN, forward+backward, on
+    the large few-channel maps where a block per channel may leave most of the GPU idle (a
+    ResNet stem at batch 10) and on the small maps of a launch-bound network."""
+    import torch
+    from minilab.ops import norm
+    print("\n## batch norm forward+backward, ms (minilab / torch)")
+    for shape in ((10, 64, 161, 161), (1, 64, 161, 161), (1, 2048, 41, 41), (1, 16, 81, 81)):
+        c = shape[1]
+        x = cp.asarray(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+        dout, stats = cp.ones_like(x), [cp.ones(c, np.float32), cp.zeros(c, np.float32)]
+        tx = torch.as_tensor(cp.asnumpy(x), device="cuda").requires_grad_()
+        tdout, tstats = torch.ones_like(tx), [torch.ones(c, device="cuda"), torch.zeros(c, device="cuda")]
+        for mode in ("train", "eval"):
+            def ours():
+                out, cache = norm.batch_norm_forward(x, stats[0], stats[1], stats[1].copy(), stats[0].copy(), mode=mode)
+                norm.batch_norm_backward(dout, cache)
+
+            def theirs():
+                torch.nn.functional.batch_norm(tx, tstats[1].clone(), tstats[0].clone(), tstats[0], tstats[1],
+                                               training=mode == "train").backward(tdout)
+
+            t = interleaved_ms({"ours": ours, "torch": theirs}, repeat=11,
+                               sync=lambda: (sync(), torch.cuda.synchronize()))
+            print(f"{str(shape):22s} {mode:5s} {t['ours']:8.3f} {t['torch']:8.3f}  {t['ours'] / t['torch']:5.2f}")
+
+
 def host_profile(steps=10, rows=30):
     """cProfile of the tiny ResNet's forward+backward on the GPU, no syncs inside: a host-bound
     step is the sum of these calls, and the census's launches at their measured prices
@@ -258,7 +288,7 @@ def host_profile(steps=10, rows=30):
 
 if __name__ == "__main__":
     print(backend.cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())
-    sections = (launch_costs, host_profile, lambda: crf_stages(1), lambda: crf_stages(2), kernel_census,
+    sections = (launch_costs, host_profile, batch_norm_maps, lambda: crf_stages(1), lambda: crf_stages(2), kernel_census,
                 lambda: model_layers(count_launches()))
     for section in sections:
         try:

@@ -3,8 +3,10 @@
 Shapes from DeepLab (§3.1-3.2, §4): (a) LargeFOV fc6, (b) a rate-2 ResNet block, (c) a
 small-channel layer with a batch of 4 at rates 1 and 4, (d) ASPP-L's four branches (rates
 6, 12, 18, 24, summed); and layers of the models at a 321×321 input, where ``method="auto"``
-(also timed) chooses between "sparse" and "shifted": (e) VGG's conv1_1 on the RGB image,
-(f) ResNet's 7×7 stride-2 stem, (g) VGG's conv2_1, (h) LargeFOV's fc6 on the 41×41 map.
+(also timed) chooses among "sparse", "shifted" and, on the CPU, "winograd" (the table's
+header says which it ran): (e) VGG's conv1_1 on the RGB image, (f) ResNet's 7×7 stride-2
+stem, (g) VGG's conv2_1, (h) LargeFOV's fc6 on the 41×41 map, (i) VGG's conv3_2 and (j)
+its conv1_2.
 For each method: median ms of the forward and of forward+backward,
 GFLOP/s counted as useful work (2·N·F·C·kh·kw·Ho·Wo per pass, three passes for
 forward+backward whatever the method really computes), the ratio to torch measured in the

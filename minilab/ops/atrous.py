@@ -135,14 +135,18 @@ def auto_method(in_channels, out_channels, stride, rate, kernel_size=(3, 3), pix
 
     ``"winograd"`` does 2.25× fewer multiply-adds but writes and reads transformed tiles
     four times the input's size; it pays where the GEMMs dominate. Forward+backward, ms,
-    best of sparse/shifted against winograd: 64→64 on 321×321 156 / 154 (shifted alone
-    203), 128→128 on 161×161 145 / 111, 256→256 on 81×81 118 / 87, 512→512 on 41×41
-    114 / 85, 128→128 on 41×41 8.1 / 7.5; but 64→64 on 81×81 8.6 / 17.7 and 32→32 on
-    161×161 11.9 / 19.7. At rate 2 (its tiles on the dilated grid) it multiplies the zero
-    padding that ``"shifted"`` skips, so it needs bigger layers: ``shifted`` / winograd,
-    C→C, 512 on 41×41 117 / 107, 256 on 81×81 115 / 106, 512 on 65×65 275 / 221, 1024 on
-    41×41 446 / 381; but 256 on 41×41 29 / 33 and 512 on 33×33 73 / 82. At higher rates
-    the padding dominates (fc6, 512→1024 at rate 12 on 41×41: 197 / 231). Its float range
+    best of sparse/shifted against winograd, from the runs that set these thresholds (same
+    machine, layers timed one by one): 64→64 on 321×321 156 / 154 (shifted alone 203),
+    128→128 on 161×161 145 / 111, 256→256 on 81×81 118 / 87, 512→512 on 41×41 114 / 85,
+    128→128 on 41×41 8.1 / 7.5; but 64→64 on 81×81 8.6 / 17.7 and 32→32 on 161×161
+    11.9 / 19.7. The committed table above has 256→256 on 81×81 (case i) at 117 / 74-79 and
+    64→64 on 321×321 (case j) at 198 / 164-227: there the two are even within the noise of
+    a shared machine (docs/atrous.md). At rate 2 (its tiles on the dilated grid) it
+    multiplies the zero padding that ``"shifted"`` skips, so it needs bigger layers:
+    ``shifted`` / winograd, C→C, 512 on 41×41 117 / 107, 256 on 81×81 115 / 106, 512 on
+    65×65 275 / 221, 1024 on 41×41 446 / 381 (the table's case b, 256 on 65×65: 74 / 68);
+    but 256 on 41×41 29 / 33 and 512 on 33×33 73 / 82. At higher rates the padding
+    dominates (fc6, 512→1024 at rate 12 on 41×41: 197 / 231). Its float range
     is narrower (module docstring): for values within a factor 4.5 of the dtype's largest,
     name another method rather than ``"auto"``.
     """

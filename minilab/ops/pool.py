@@ -24,8 +24,9 @@ Two implementations, registered in :data:`METHODS`, give identical results:
 ``"numba"`` (default)
     One output pixel at a time: scan its window, keep the first maximum (Numba ``@njit`` on
     the CPU, a ``@cuda.jit`` twin on the GPU compiled from the same element function). The
-    backward pass gathers, for each input pixel, ``dout`` from the windows it won, so no two
-    threads write the same pixel.
+    backward pass never has two threads write one pixel: on the CPU each thread owns whole
+    planes and adds ``dout`` to their windows' winners; on the GPU each input pixel gathers
+    ``dout`` from the windows it won.
 ``"xp"``
     Array code written once against ``xp``: a loop over the ``kh·kw`` window offsets that
     keeps a running maximum and its offset, each step a strided slice of the ``-inf``-padded

@@ -22,6 +22,17 @@ def test_relu_values():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_forward_is_numpy_maximum_on_any_layout(dtype, rng):
+    x = rng.standard_normal((2, 4, 5, 3)).astype(dtype).transpose(0, 3, 2, 1)[:, ::-1]  # not contiguous
+    out, _ = relu_forward(x)
+    assert out.dtype == dtype and out.shape == x.shape
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    with validate.finite_scans_off():  # inside a network NaN is not scanned for: it stays NaN
+        x = np.array([np.nan, -np.inf, np.inf, -1, 2], dtype)
+        np.testing.assert_array_equal(relu_forward(x)[0], np.maximum(x, 0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_backward_is_a_masked_copy_of_any_layout(dtype, rng):
     x = rng.standard_normal((2, 3, 5, 4)).astype(dtype)
     out, cache = relu_forward(x)

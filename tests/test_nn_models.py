@@ -201,3 +201,17 @@ def test_nn_deeplab_with_the_v3_head(rng):
     x = rng.standard_normal((3, 3, 33, 33))  # with two images the pooled batch norm's output is ±1 whatever
     assert model.forward(x).shape == (3, 3, 3, 3)  # the input: its gradient vanishes and the check sees noise
     check_module(model, x, rng, samples=4, reset=replay_dropout(model))
+
+
+def test_nn_image_pooling_checks_its_input_and_dout():
+    pool = nn.ImagePooling(4, 3, rng=0).eval()
+    with pytest.raises(TypeError, match="x must be a NumPy or CuPy array"):
+        pool.forward([[1.0]])
+    y = pool.forward(np.ones((2, 4, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"dout must have the forward output's shape \(2, 3, 5, 5\)"):
+        pool.backward(np.ones((2, 3, 9, 9), np.float32))
+    with pytest.raises(ValueError, match="dout must have 4 dimensions"):
+        pool.backward(np.ones((2, 3, 9), np.float32))
+    with pytest.raises(TypeError, match="dout must have the forward output's dtype float32"):
+        pool.backward(np.ones(y.shape))
+    assert pool.backward(np.ones_like(y)).shape == (2, 4, 5, 5)

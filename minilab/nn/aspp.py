@@ -18,6 +18,7 @@ features *concatenated* rather than the score maps summed.
 import numpy as np
 
 from .. import backend, validate
+from ..ops._checks import upstream_gradient
 from .layers import BatchNorm2d, Conv2d, Dropout2d, ReLU, make_rng
 from .module import Module, Sequential
 
@@ -147,17 +148,21 @@ class ImagePooling(Module):
     def __init__(self, in_channels, out_channels, *, method="auto", rng=None, dtype=np.float32):
         super().__init__()
         self.unit = conv_bn_relu(in_channels, out_channels, method=method, rng=rng, dtype=dtype)
-        self._shape = None
+        self._cache = None
 
     def forward(self, x):
-        self._shape = x.shape
+        validate.float_array("x", x, ndim=4)
         y = self.unit.forward(x.mean(axis=(2, 3), keepdims=True))
-        return backend.array_module(y).broadcast_to(y, y.shape[:2] + x.shape[2:]).copy()
+        out = backend.array_module(y).broadcast_to(y, y.shape[:2] + x.shape[2:]).copy()
+        self._cache = (x.shape, out.shape, out.dtype)
+        return out
 
     def backward(self, dout):
-        n, c, h, w = self._saved("_shape")
+        x_shape, out_shape, dtype = self._saved()
+        upstream_gradient(dout, out_shape, dtype)  # the sum below would take any map size
         dm = self.unit.backward(dout.sum(axis=(2, 3), keepdims=True))
-        return backend.array_module(dm).broadcast_to(dm / (h * w), self._shape).copy()
+        h, w = x_shape[2:]
+        return backend.array_module(dm).broadcast_to(dm / (h * w), x_shape).copy()
 
     def receptive_field(self, rf=1, jump=1):
         """Every output unit sees the whole input: no finite window."""

@@ -59,12 +59,26 @@ def test_sgd_settings_must_be_finite_and_not_negative():
     for key in ("lr_mult", "decay_mult"):
         for bad in (float("nan"), float("inf"), -1.0):
             with pytest.raises(ValueError, match=rf"groups\[1\]\['{key}'\] must be"):
-                SGD([{"params": [a]}, {"params": [a], key: bad}])
+                SGD([{"params": [a]}, {"params": [P([1.0], [1.0])], key: bad}])
     with pytest.raises(TypeError, match=r"groups\[0\]\['lr_mult'\] must be a real number, got '10'"):
         SGD([{"params": [a], "lr_mult": "10"}])
     with pytest.raises(ValueError, match="momentum must be"):
         SGD([a], momentum=float("nan"))
     assert SGD([{"params": [a], "lr_mult": 0}]).groups[0]["lr_mult"] == 0.0  # a frozen classifier
+
+
+def test_sgd_takes_each_parameter_once_from_any_iterable():
+    p = nn.Parameter(np.ones(3, np.float32))
+    for groups in ([p, p], [{"params": [p]}, {"params": [p], "lr_mult": 10}]):
+        with pytest.raises(ValueError, match=r"groups\[\d\]\['params'\] holds a parameter already listed"):
+            SGD(groups)
+    with pytest.raises(ValueError, match=r"groups\[0\] must have a 'params' list"):
+        SGD([{"lr_mult": 1}])
+    with pytest.raises(TypeError, match=r"groups\[1\] must be a dict"):
+        SGD([{"params": [p]}, P([1.0], [1.0])])
+    p.grad[...] = 1
+    SGD(iter([p]), momentum=0, weight_decay=0).step(1.0)  # a generator, read once
+    assert np.array_equal(p.data, np.zeros(3))
 
 
 def test_zero_grad():

@@ -31,10 +31,11 @@ class SGD:
 
     Parameters
     ----------
-    groups : list of dict
+    groups : iterable of dict
         Each ``{"params": [Parameter, ...], "lr_mult": float, "decay_mult": float, "name": str}``;
         ``lr_mult`` and ``decay_mult`` (finite, >= 0) default to 1 and ``name`` to
-        ``"group<i>"``. A plain list of parameters is one group. A ``Parameter`` has ``.data`` and ``.grad``
+        ``"group<i>"``. A plain iterable of parameters is one group. Each parameter may appear
+        only once, in one group. A ``Parameter`` has ``.data`` and ``.grad``
         (arrays of one shape; ``.grad`` may be None, meaning zero) and may have
         ``.trainable``: when False, :meth:`step` skips it.
     momentum : float
@@ -44,8 +45,9 @@ class SGD:
     """
 
     def __init__(self, groups, momentum=0.9, weight_decay=5e-4):
-        if isinstance(groups, (list, tuple)) and groups and not isinstance(groups[0], dict):
-            groups = [{"params": list(groups)}]
+        groups = list(groups)  # any iterable, a generator included
+        if groups and not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
         if not groups:
             raise ValueError("groups must hold at least one parameter group, got none")
         self.momentum = validate.real("momentum", momentum, minimum=0)
@@ -53,10 +55,20 @@ class SGD:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         self.weight_decay = validate.real("weight_decay", weight_decay, minimum=0)
         self.groups = []
+        seen = set()
         for i, g in enumerate(groups):
+            if not isinstance(g, dict):
+                raise TypeError(f"groups[{i}] must be a dict, as groups[0] is, got {type(g).__name__}")
+            if "params" not in g:
+                raise ValueError(f"groups[{i}] must have a 'params' list, got keys {list(g)}")
             params = list(g["params"])
             if not params:
                 raise ValueError(f"groups[{i}] has no parameters")
+            for p in params:  # a parameter listed twice would move twice per step (torch refuses it too)
+                if id(p) in seen:
+                    raise ValueError(f"groups[{i}]['params'] holds a parameter already listed: "
+                                     "each parameter must appear once, in one group")
+                seen.add(id(p))
             # 0 is allowed: a frozen classifier (TrainConfig's classifier_lr_mult=0), no decay
             lr_mult, decay_mult = (validate.real(f"groups[{i}]['{m}']", g.get(m, 1.0), minimum=0)
                                    for m in ("lr_mult", "decay_mult"))

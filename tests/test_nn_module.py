@@ -156,6 +156,18 @@ def test_nn_load_torchvision_style_backbone_weights(tmp_path):
                                   source.layer4[0].conv2.weight.data)
 
 
+def test_nn_npz_weights_keep_their_path_and_any_key(tmp_path):
+    state = {"file": np.arange(3.0), "allow_pickle": np.ones((2, 2), np.float32), "a.b": np.int64(7)}
+    for name in ("w.NPZ", "w.Npz", "w.npz"):
+        nn.save_weights(state, tmp_path / name)
+        loaded = nn.load_weights(tmp_path / name)
+        assert list(loaded) == list(state)
+        for key, value in state.items():
+            assert loaded[key].dtype == value.dtype
+            np.testing.assert_array_equal(loaded[key], value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.NPZ", "w.Npz", "w.npz"]
+
+
 def test_nn_weight_file_errors(tmp_path):
     with pytest.raises(ValueError, match="path must end in one of"):
         nn.save_weights({}, tmp_path / "w.bin")

@@ -155,3 +155,19 @@ def test_nn_layer_arguments_are_checked():
         conv.forward(np.full((1, 3, 5, 5), np.nan, np.float32))
     with pytest.raises(TypeError, match="x must be a NumPy or CuPy array"):
         conv.forward([[1.0]])
+
+
+def test_nn_flags_must_be_booleans():
+    """The string "False" is truthy: bool() would have read it as True."""
+    for build, name in ((lambda v: nn.MaxPool2d(2, ceil_mode=v), "ceil_mode"),
+                        (lambda v: nn.Dropout2d(channelwise=v), "channelwise"),
+                        (lambda v: nn.BatchNorm2d(3, frozen=v), "frozen"),
+                        (lambda v: nn.Conv2d(1, 1, 1, bias=v), "bias"),
+                        (lambda v: nn.ReLU().train(v), "mode")):
+        with pytest.raises(TypeError, match=f"{name} must be True or False, got 'False'"):
+            build("False")
+        build(np.False_)
+    assert nn.MaxPool2d(2, ceil_mode=np.True_).ceil_mode is True
+    assert nn.Conv2d(1, 1, 1, bias=np.False_).bias is None
+    assert nn.BatchNorm2d(3, frozen=np.True_).frozen is True
+    assert nn.ReLU().train(np.False_).training is False

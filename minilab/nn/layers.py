@@ -84,7 +84,7 @@ class Conv2d(Module):
         dtype = float_dtype(dtype)
         std = np.sqrt(2.0 / (cin * k * k)) if std is None else validate.positive("std", std)
         self.weight = Parameter((make_rng(rng).standard_normal((cout, cin, k, k)) * std).astype(dtype))
-        self.bias = Parameter(np.zeros(cout, dtype)) if bias else None
+        self.bias = Parameter(np.zeros(cout, dtype)) if validate.boolean("bias", bias) else None
         self._cache = None
 
     def extra_repr(self):
@@ -154,7 +154,7 @@ class BatchNorm2d(Module):
 
     @frozen.setter
     def frozen(self, value):
-        self._frozen = bool(value)
+        self._frozen = validate.boolean("frozen", value)
         self.weight.trainable = self.bias.trainable = not self._frozen
 
     @property
@@ -203,7 +203,7 @@ class MaxPool2d(Module):
         self.kernel_size = validate.integer("kernel_size", kernel_size, 1, math.isqrt(INT32_MAX))  # k² offsets fit int32
         self.stride = self.kernel_size if stride is None else validate.integer("stride", stride, 1, INT32_MAX)
         self.padding = validate.integer("padding", padding, 0)
-        self.ceil_mode = bool(ceil_mode)
+        self.ceil_mode = validate.boolean("ceil_mode", ceil_mode)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -233,7 +233,7 @@ class Dropout2d(Module):
         self.p = unit_interval("p", p)
         if self.p == 1:
             raise ValueError("p must be below 1 (p = 1 drops everything), got 1")
-        self.channelwise = bool(channelwise)
+        self.channelwise = validate.boolean("channelwise", channelwise)
         self.rng = make_rng(rng)
         self._gpu_rng = None
 

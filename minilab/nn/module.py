@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import backend
+from .. import backend, validate
 
 LoadResult = namedtuple("LoadResult", ["missing", "unexpected"])
 
@@ -133,8 +133,9 @@ class Module:
     # -- modes and housekeeping -----------------------------------------------------------
     def train(self, mode=True):
         """Training mode (batch statistics, dropout on) for this module and all below it."""
+        mode = validate.boolean("mode", mode)
         for m in self.modules():
-            m.training = bool(mode)
+            m.training = mode
         return self
 
     def eval(self):

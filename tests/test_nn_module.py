@@ -73,6 +73,10 @@ def test_nn_to_casts_parameters_and_buffers():
     assert all(v.dtype == np.float64 for k, v in state.items() if not k.endswith("num_batches_tracked"))
     assert state["backbone.bn1.num_batches_tracked"].dtype == np.int64
     assert all(p.grad.dtype == np.float64 for p in model.parameters())
+    for dtype in (np.int32, np.float16, "complex", "abc"):  # int32 truncated the weights to 0
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            model.to(dtype=dtype)
+    assert model.to(dtype="float32").state_dict()["backbone.conv1.weight"].dtype == np.float32
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".pth"])

@@ -18,7 +18,7 @@ import numpy as np
 from .. import backend, validate
 from ..ops import activations, atrous, dropout, interp, norm, pool
 from ..ops._checks import INT32_MAX, epsilon, unit_interval
-from .module import Module, Parameter
+from .module import Module, Parameter, float_dtype
 
 
 def make_rng(rng):
@@ -29,17 +29,6 @@ def make_rng(rng):
     if rng is None:
         return np.random.default_rng(0)
     return np.random.default_rng(validate.integer("rng", rng, 0))
-
-
-def float_dtype(dtype):
-    """``dtype`` as a NumPy dtype, float32 or float64 (what the ops compute in)."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in validate.FLOATS:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
 
 
 class Conv2d(Module):

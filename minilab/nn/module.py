@@ -25,6 +25,17 @@ from .. import backend, validate
 LoadResult = namedtuple("LoadResult", ["missing", "unexpected"])
 
 
+def float_dtype(dtype):
+    """``dtype`` as a NumPy dtype, float32 or float64 (what the ops compute in)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in validate.FLOATS:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
 class Parameter:
     """A trainable array and the gradient accumulated into it.
 
@@ -149,7 +160,11 @@ class Module:
 
     def to(self, device=None, dtype=None):
         """Move parameters and buffers to ``device`` (``"cpu"``/``"gpu"``/``"auto"``) and/or
-        cast floating ones to ``dtype``, in place; returns ``self``."""
+        cast floating ones to ``dtype`` (float32 or float64, what the ops compute in), in place;
+        returns ``self``."""
+        if dtype is not None:
+            dtype = float_dtype(dtype)
+
         def convert(a):
             if device is not None:
                 a = backend.to_device(a, device)

@@ -131,6 +131,15 @@ def test_nn_load_state_dict_errors_name_the_keys():
         model.load_state_dict(negative)
 
 
+def test_nn_load_state_dict_names_a_torch_tensor():
+    torch = pytest.importorskip("torch")
+    conv = nn.Conv2d(2, 3, 3)
+    state = {k: torch.tensor(v) for k, v in conv.state_dict().items()}
+    with pytest.raises(TypeError, match=r"state_dict\['weight'\] must be a NumPy or CuPy array, got Tensor .*\.numpy\(\)"):
+        conv.load_state_dict(state)
+    conv.load_state_dict({k: v.numpy() for k, v in state.items()})
+
+
 def test_nn_load_state_dict_writes_in_place_and_all_or_nothing():
     bn = nn.BatchNorm2d(2)
     live, snapshot = bn.state_dict(), {k: v.copy() for k, v in bn.state_dict().items()}

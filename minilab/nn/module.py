@@ -231,7 +231,8 @@ class Module:
             ``running_var`` with a negative entry, or an integer buffer given non-integers
             (always an error); nothing is loaded then.
         TypeError
-            A key whose array does not hold real numbers (complex, strings).
+            A key whose array does not hold real numbers (complex, strings), or a value that
+            is not a NumPy or CuPy array, list or number (a torch tensor: pass ``.numpy()``).
         """
         own = OrderedDict(self._named_state())
         missing = [k for k in own if k not in state]
@@ -252,6 +253,9 @@ class Module:
             xp = backend.array_module(old)
             given = state[key]  # its dtype checked before CuPy sees it: CuPy refuses strings itself
             dtype = given.dtype if hasattr(given, "dtype") else np.asarray(given).dtype
+            if not isinstance(dtype, np.dtype):  # a torch tensor's torch.dtype, say
+                raise TypeError(f"state_dict[{key!r}] must be a NumPy or CuPy array, got {type(given).__name__} "
+                                "(convert a torch tensor with .numpy())")
             if dtype.kind not in "biuf":
                 raise TypeError(f"state_dict[{key!r}] must hold real numbers, got dtype {dtype}")
             given = xp.asarray(backend.to_numpy(given) if xp is np else given)

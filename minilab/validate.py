@@ -72,6 +72,17 @@ def finite_scans_off():
         _scans.off = before
 
 
+def float_dtype(name, dtype):
+    """``dtype`` as a NumPy dtype, float32 or float64 (what the ops compute in)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
+    if dt not in FLOATS:
+        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+    return dt
+
+
 def label_array(name, x):
     """Check that ``x`` is a NumPy or CuPy array of an integer dtype (not bool); returns it."""
     array(name, x)

@@ -199,6 +199,13 @@ def test_public_taps_and_matrix_check_their_arguments(args, error, message):
     assert lo.tolist() == [0, 0, 1] and hi.tolist() == [1, 1, 1] and frac.tolist() == [0, 0.5, 0]
 
 
+def test_interpolation_matrix_is_float32_or_float64():
+    for dtype in (np.int32, np.float16, "abc"):  # int32 was NumPy's UFuncTypeError
+        with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+            interp.interpolation_matrix(3, 2, True, dtype=dtype)
+    assert interp.interpolation_matrix(3, 2, True, dtype="float32").dtype == np.float32
+
+
 @pytest.mark.parametrize("align_corners", [np.True_, np.False_])
 def test_align_corners_takes_a_numpy_bool(align_corners, rng):
     x = rng.standard_normal((1, 2, 4, 5))

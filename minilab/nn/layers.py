@@ -18,7 +18,7 @@ import numpy as np
 from .. import backend, validate
 from ..ops import activations, atrous, dropout, interp, norm, pool
 from ..ops._checks import INT32_MAX, epsilon, unit_interval
-from .module import Module, Parameter, float_dtype
+from .module import Module, Parameter
 
 
 def make_rng(rng):
@@ -70,7 +70,7 @@ class Conv2d(Module):
         why = atrous.unsupported(self.method, (k, k), self.rate, self.stride)
         if why:
             raise ValueError(why)
-        dtype = float_dtype(dtype)
+        dtype = validate.float_dtype("dtype", dtype)
         std = np.sqrt(2.0 / (cin * k * k)) if std is None else validate.positive("std", std)
         self.weight = Parameter((make_rng(rng).standard_normal((cout, cin, k, k)) * std).astype(dtype))
         self.bias = Parameter(np.zeros(cout, dtype)) if validate.boolean("bias", bias) else None
@@ -122,7 +122,7 @@ class BatchNorm2d(Module):
     def __init__(self, num_features, *, eps=1e-5, momentum=0.1, frozen=False, dtype=np.float32):
         super().__init__()
         c = validate.integer("num_features", num_features, 1)
-        dtype = float_dtype(dtype)
+        dtype = validate.float_dtype("dtype", dtype)
         self.eps = epsilon(eps, dtype)
         self.momentum = unit_interval("momentum", momentum)
         self.weight = Parameter(np.ones(c, dtype))

@@ -25,17 +25,6 @@ from .. import backend, validate
 LoadResult = namedtuple("LoadResult", ["missing", "unexpected"])
 
 
-def float_dtype(dtype):
-    """``dtype`` as a NumPy dtype, float32 or float64 (what the ops compute in)."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in validate.FLOATS:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
-
 class Parameter:
     """A trainable array and the gradient accumulated into it.
 
@@ -163,7 +152,7 @@ class Module:
         cast floating ones to ``dtype`` (float32 or float64, what the ops compute in), in place;
         returns ``self``."""
         if dtype is not None:
-            dtype = float_dtype(dtype)
+            dtype = validate.float_dtype("dtype", dtype)
 
         def convert(a):
             if device is not None:

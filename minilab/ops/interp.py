@@ -73,8 +73,9 @@ def interpolation_matrix(n_out, n_in, align_corners, dtype=np.float64):
     """The ``n_out × n_in`` matrix of 1-D linear interpolation (NumPy, two non-zeros a row).
 
     Row ``i`` holds the weights ``1 - frac_i`` and ``frac_i`` at columns ``lo_i`` and ``hi_i``
-    of :func:`interpolation_taps`, which checks the arguments.
+    of :func:`interpolation_taps`, which checks the arguments; ``dtype`` is float32 or float64.
     """
+    dtype = validate.float_dtype("dtype", dtype)
     lo, hi, frac = interpolation_taps(n_out, n_in, align_corners)
     a = np.zeros((n_out, n_in), dtype=dtype)
     rows = np.arange(n_out)

@@ -102,6 +102,13 @@ def test_bad_inputs(rng):
         softmax_cross_entropy_backward(np.ones(2), cache)
     with pytest.raises(ValueError, match="dout contains NaN"):
         softmax_cross_entropy_backward(float("nan"), cache)
+    for bad in (None, "1", True):  # None was read as NaN
+        with pytest.raises(TypeError, match="dout must be a NumPy or CuPy array"):
+            softmax_cross_entropy_backward(bad, cache)
+    with pytest.raises(TypeError, match="dout must be float32 or float64"):
+        softmax_cross_entropy_backward(np.array(1), cache)
+    np.testing.assert_array_equal(softmax_cross_entropy_backward(np.float32(2), cache)[0],
+                                  2 * softmax_cross_entropy_backward(1, cache)[0])
 
 
 @pytest.mark.gpu

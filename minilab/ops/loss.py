@@ -14,6 +14,8 @@ so it is exact for huge logits. Its gradient is
 When every pixel is ignored (``|V| = 0``) the loss is defined as 0 and the gradient is 0,
 so a crop that happens to contain only unlabelled pixels does not stop training.
 """
+import numbers
+
 import numpy as np
 
 from .. import backend, validate
@@ -77,6 +79,8 @@ def softmax_cross_entropy_backward(dout, cache):
     """
     logp, target, valid, count = cache
     xp = backend.array_module(logp)
+    if isinstance(dout, bool) or not isinstance(dout, numbers.Real):  # asarray would read None as NaN
+        validate.float_array("dout", dout)
     dout = upstream_gradient(xp.asarray(dout, dtype=logp.dtype), (), logp.dtype)  # a scalar
     if count == 0:
         return xp.zeros_like(logp)

@@ -141,6 +141,13 @@ def test_nn_output_stride_and_shapes():
         nn.deeplab("resnet-9000")
     with pytest.raises(ValueError, match="output_stride must be one of"):
         nn.resnet(output_stride=4)
+    with pytest.raises(TypeError, match="depth must be a tuple of 5 ints, one per stage, got 3"):
+        nn.deeplab("tiny-vgg-largefov", depth=3)  # was "object of type 'int' has no len()"
+    with pytest.raises(TypeError, match="blocks must be a tuple of 4 ints, one per stage, got 3"):
+        nn.deeplab("tiny-resnet-aspp", blocks=3)
+    assert nn.upsample_to(out, 5).shape == (1, 2, 5, 5)  # was "'int' object is not iterable"
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        nn.upsample_to(out, (0, 5))
 
 
 @pytest.mark.parametrize("kernel, rate, fov", [(7, 4, 224), (4, 4, 128), (4, 8, 224), (3, 12, 224)])

@@ -37,6 +37,9 @@ class VGG(Module):
                  rng=None, dtype=np.float32):
         super().__init__()
         rng = make_rng(rng)
+        for name, value in (("channels", channels), ("depth", depth)):
+            if not isinstance(value, (tuple, list)):
+                raise TypeError(f"{name} must be a tuple of 5 ints, one per stage, got {value!r}")
         if len(channels) != 5 or len(depth) != 5:
             raise ValueError(f"channels and depth must list 5 stages, got {channels!r}, {depth!r}")
         layers, cin = [], 3
@@ -142,6 +145,8 @@ class ResNet(Sequential):
                  method="auto", rng=None, dtype=np.float32):
         Module.__init__(self)
         rng = make_rng(rng)
+        if not isinstance(blocks, (tuple, list)):
+            raise TypeError(f"blocks must be a tuple of 4 ints, one per stage, got {blocks!r}")
         if len(blocks) != 4:
             raise ValueError(f"blocks must list 4 stages, got {blocks!r}")
         width = validate.integer("width", width, 1)

@@ -156,8 +156,9 @@ class MultiScale(Module):
 
 
 def upsample_to(scores, size):
-    """Bilinear (``align_corners=True``) resize of N×C×h×w ``scores`` to ``size``."""
-    out, _ = interp.bilinear_resize_forward(scores, tuple(size), align_corners=True)
+    """Bilinear (``align_corners=True``) resize of N×C×h×w ``scores`` to ``size`` (an int or
+    a pair of ints)."""
+    out, _ = interp.bilinear_resize_forward(scores, validate.pair("size", size, 1), align_corners=True)
     return out
 
 

@@ -35,13 +35,24 @@ def voc_palette():
 
 
 def colorize(labels, palette=None):
-    """An H×W label map (class ids 0..255) as an H×W×3 uint8 picture in the VOC colours."""
+    """An H×W label map (class ids 0..255) as an H×W×3 uint8 picture in the VOC colours, or
+    in ``palette``'s: a K×3 array of integers 0..255, a row for each class id up to the
+    largest in ``labels``. A float palette is refused rather than guessed at (0..1 as
+    matplotlib gives, or 0..255?): pass ``(palette * 255).round().astype(np.uint8)``."""
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be an H×W integer array, got {labels.dtype} of shape {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() > 255):
-        raise ValueError(f"labels must hold class ids 0..255, got {labels.min()}..{labels.max()}")
-    return (voc_palette() if palette is None else np.asarray(palette, np.uint8))[labels]
+    top = labels.max() if labels.size else -1
+    if labels.size and (labels.min() < 0 or top > 255):
+        raise ValueError(f"labels must hold class ids 0..255, got {labels.min()}..{top}")
+    if palette is None:
+        return voc_palette()[labels]
+    palette = validate.label_array("palette", np.asarray(palette))
+    if palette.ndim != 2 or palette.shape[1] != 3 or palette.shape[0] <= top:
+        raise ValueError(f"palette must be K×3 with a row for each class id up to {top}, got shape {palette.shape}")
+    if palette.size and (palette.min() < 0 or palette.max() > 255):
+        raise ValueError(f"palette must hold colour values 0..255, got {palette.min()}..{palette.max()}")
+    return palette.astype(np.uint8)[labels]
 
 
 def overlay(image, labels, alpha=0.5):

@@ -150,6 +150,18 @@ def test_voc_palette():
     assert len({tuple(c) for c in palette}) == 256
 
 
+def test_colorize_checks_its_palette():
+    labels = np.array([[0, 2]])
+    assert viz.colorize(labels, [[0, 0, 0], [1, 1, 1], [255, 0, 7]]).tolist() == [[[0, 0, 0], [255, 0, 7]]]
+    for palette in (np.zeros((2, 3), np.uint8), np.zeros((3, 4), np.uint8), np.zeros(3, np.uint8)):
+        with pytest.raises(ValueError, match="palette must be K×3 with a row for each class id up to 2"):
+            viz.colorize(labels, palette)  # too few rows was an IndexError
+    with pytest.raises(TypeError, match="palette must have an integer dtype"):
+        viz.colorize(labels, np.full((3, 3), 0.5))  # was truncated to 0
+    with pytest.raises(ValueError, match="palette must hold colour values 0..255"):
+        viz.colorize(labels, np.full((3, 3), 256))
+
+
 def test_the_command_hides_only_numbas_low_occupancy_advice():
     message = "Grid size {} will likely result in GPU under-utilization due to low occupancy."
     with warnings.catch_warnings(record=True) as caught:

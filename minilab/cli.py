@@ -133,13 +133,14 @@ def run_crf(args):
                   include_self=not args.exclude_self, device=args.device)
     image, probs, out = Path(args.image), Path(args.probs), Path(args.output)
     if not image.is_dir():
+        _output_file("-o/--output", out, (".png",))
         crf_file(image, probs, out, params, args.logits)
         return
     if not probs.is_dir():
         raise ValueError(f"IMAGE {image} is a folder, so PROBS must be one too; got {probs}")
     jobs = _crf_jobs(image, probs, out)
-    out.mkdir(parents=True, exist_ok=True)
     workers = min(validate.integer("--jobs", args.jobs, minimum=1), len(jobs))
+    out.mkdir(parents=True, exist_ok=True)
     # spawn, not fork: Numba's OpenMP threads do not survive a fork
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
@@ -155,6 +156,17 @@ def run_crf(args):
                 if isinstance(error, USER_ERRORS):
                     raise type(error)(f"{futures[future].name}: {error}") from error
                 raise error
+
+
+def _output_file(option, path, suffixes):
+    """``path`` as a Path, checked before any work is done: a file name ending in one of
+    ``suffixes`` (Pillow picks the format by the suffix, and fails on a folder or a name
+    without one only when it saves)."""
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() not in suffixes:
+        raise ValueError(f"{option} must be a file name ending in {' or '.join(suffixes)}, got {str(path)!r}"
+                         + (", a folder" if path.is_dir() else ""))
+    return path
 
 
 def _crf_jobs(images, probs, out):
@@ -553,6 +565,9 @@ def run_segment(args):
     from .train import load_model, predict_probs
     from .viz import overlay
 
+    _output_file("-o/--output", args.output, (".png",))
+    if args.overlay:
+        _output_file("--overlay", args.overlay, IMAGE_SUFFIXES)
     model, meta = load_model(args.checkpoint)
     image = read_image(args.image)
     probs = predict_probs(model, image, meta["config"]["mean"], meta["config"]["input_scale"])

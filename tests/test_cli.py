@@ -99,6 +99,7 @@ def test_bad_input(tmp_path, rng, capsys):
     err = run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "probs"), "-o", str(tmp_path / "o"), "--jobs", "1"])
     assert "b.npy: probs must sum to 1" in err  # a worker's error names its file
     assert "--jobs must be >= 1" in run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "probs"), "-o", out, "--jobs", "0"])
+    assert not (tmp_path / "o.png").exists()  # refused before the output folder is made
     np.savez(tmp_path / "archive.npz", probs=probs)
     err = run_error(capsys, ["crf", img, str(tmp_path / "archive.npz"), "-o", out])
     assert "minilab crf: error: PROBS" in err and "archive.npz is an .npz archive" in err
@@ -108,6 +109,23 @@ def test_bad_input(tmp_path, rng, capsys):
         assert err.startswith("minilab eval: error: ") and "is not a minilab checkpoint" in err
     (tmp_path / "empty").mkdir()
     assert "no .npy file" in run_error(capsys, ["crf", str(tmp_path), str(tmp_path / "empty"), "-o", out])
+
+
+def test_output_files_are_checked_before_the_work(tmp_path, rng, capsys):
+    tiny_pair(tmp_path, "a", rng)
+    img, npy = str(tmp_path / "a.png"), str(tmp_path / "a.npy")
+    (tmp_path / "dir.png").mkdir()
+    for out in (tmp_path, tmp_path / "dir.png", tmp_path / "labels", tmp_path / "labels.jpg"):
+        err = run_error(capsys, ["crf", img, npy, "-o", str(out), *PARAMS])
+        assert err.startswith(f"minilab crf: error: -o/--output must be a file name ending in .png, got '{out}'")
+    # the checkpoint is missing too: the output paths are checked first
+    segment = ["segment", img, "--checkpoint", str(tmp_path / "missing.npz")]
+    err = run_error(capsys, segment + ["-o", str(tmp_path)])
+    assert err.startswith("minilab segment: error: -o/--output must be a file name ending in .png")
+    err = run_error(capsys, segment + ["-o", str(tmp_path / "l.PNG"), "--overlay", str(tmp_path)])
+    assert err.startswith("minilab segment: error: --overlay must be a file name ending in .png or .jpg")
+    assert "missing.npz" in run_error(capsys, segment + ["-o", str(tmp_path / "l.PNG"), "--overlay",
+                                                         str(tmp_path / "o.jpg")])
 
 
 def test_save_labels_refuses_what_a_palette_png_cannot_hold(tmp_path):

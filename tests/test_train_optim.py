@@ -65,6 +65,10 @@ def test_sgd_settings_must_be_finite_and_not_negative():
     with pytest.raises(ValueError, match="momentum must be"):
         SGD([a], momentum=float("nan"))
     assert SGD([{"params": [a], "lr_mult": 0}]).groups[0]["lr_mult"] == 0.0  # a frozen classifier
+    for bad, error in ((None, TypeError), ("0.1", TypeError), (float("nan"), ValueError), (-0.1, ValueError)):
+        with pytest.raises(error, match="lr must be"):  # None and "0.1" failed inside float()
+            SGD([a]).step(bad)
+    np.testing.assert_array_equal(a.data, [1.0])  # no step was taken
 
 
 def test_sgd_takes_each_parameter_once_from_any_iterable():

@@ -92,9 +92,7 @@ class SGD:
     def step(self, lr):
         """One update with base learning rate ``lr`` (the policy's value at this iteration) of
         every trainable parameter."""
-        lr = float(lr)
-        if not (np.isfinite(lr) and lr >= 0):
-            raise ValueError(f"lr must be a finite number >= 0, got {lr}")
+        lr = validate.real("lr", lr, minimum=0)
         k = 0
         for g in self.groups:
             rate, decay = lr * g["lr_mult"], self.weight_decay * g["decay_mult"]

@@ -83,6 +83,15 @@ def float_dtype(name, dtype):
     return dt
 
 
+def writeable(name, x):
+    """Check that ``x``, an array a function writes in place, is not a read-only NumPy array
+    (a Numba kernel has no code for one: a raw TypingError). CuPy arrays have no such flag;
+    returns ``x``."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        raise ValueError(f"{name} must be writeable (it is written in place), got a read-only array")
+    return x
+
+
 def label_array(name, x):
     """Check that ``x`` is a NumPy or CuPy array of an integer dtype (not bool); returns it."""
     array(name, x)

@@ -371,6 +371,23 @@ def test_filters_check_what_they_are_applied_to(rng, method):
         crf.METHODS[method](f[0])
 
 
+@pytest.mark.parametrize("method", sorted(crf.METHODS))
+def test_arrays_written_in_place_must_be_writeable(rng, method):
+    """A read-only array reached the Numba kernels as a type they have no code for: a raw
+    TypingError instead of a message naming the array."""
+    f = rng.random((5, 2)).astype(np.float32)
+    values, frozen = np.ones((5, 3), np.float32), np.zeros((5, 3), np.float32)
+    frozen.setflags(write=False)
+    with pytest.raises(ValueError, match="energy must be writeable"):
+        crf.softmax_labels(frozen)
+    with pytest.raises(ValueError, match="out must be writeable"):
+        crf.softmax_labels(values.copy(), out=frozen)
+    with pytest.raises(ValueError, match="out must be writeable"):
+        crf.METHODS[method](f).apply(values, frozen)
+    with pytest.raises(ValueError, match="energy must be writeable"):
+        crf.PairwiseTerm(f, 3.0, method).add_message(values, frozen)
+
+
 def test_gaussian_filter_checks_its_inputs():
     f = np.zeros((4, 2), np.float32)
     for method in crf.METHODS:

@@ -134,6 +134,7 @@ class PairwiseTerm:
         symmetric: K̃Q = n ⊙ K(n ⊙ Q), n = (K1)^−½; after: K̃Q = n ⊙ KQ, n = (K1)^−1;
         none: K̃Q = KQ.
         """
+        validate.writeable("energy", energy)
         in_scale = self.norm if self.normalization == "symmetric" else None
         return self.filter.apply(q, energy, self.weight, in_scale=in_scale, out_scale=self.norm)
 
@@ -188,8 +189,10 @@ def softmax_labels(energy, out=None):
     10-iteration CRF).
     """
     validate.float_array("energy", energy, ndim=2, finite=False)
+    validate.writeable("energy", energy)
     if out is not None:
         validate.float_array("out", out, shape=energy.shape, finite=False)
+        validate.writeable("out", out)
     xp = backend.array_module(energy)
     out = xp.empty_like(energy) if out is None else out
     if xp is np:

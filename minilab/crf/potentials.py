@@ -67,7 +67,8 @@ def check_features(features):
 
 def check_filter_arrays(n, values, out=None, in_scale=None, out_scale=None):
     """Check the arrays a filter built on ``n`` points is applied to: ``values`` (N, C) float,
-    ``out`` of the same shape, ``in_scale`` and ``out_scale`` (N,) float (None: not given).
+    ``out`` of the same shape and writeable, ``in_scale`` and ``out_scale`` (N,) float
+    (None: not given).
 
     Shapes and dtypes only, no scan of the values: this runs at every mean-field step, and
     the kernels would read or write out of bounds on a wrong size.
@@ -75,6 +76,7 @@ def check_filter_arrays(n, values, out=None, in_scale=None, out_scale=None):
     validate.float_array("values", values, shape=(n, None), finite=False)
     if out is not None:
         validate.float_array("out", out, shape=values.shape, finite=False)
+        validate.writeable("out", out)
     for name, scale in (("in_scale", in_scale), ("out_scale", out_scale)):
         if scale is not None:
             validate.float_array(name, scale, shape=(n,), finite=False)

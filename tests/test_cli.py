@@ -203,6 +203,14 @@ def test_bench_names_a_name_that_matches_no_script(tmp_path, capsys):
     assert err == f"minilab bench: error: NAME nosuch matches no benchmark script in {tmp_path}; the names are a\n"
 
 
+def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    np.savez(tmp_path / "c.npz", meta=np.array('{"format": "minilab-checkpoint"}'))
+    for command in (["eval"], ["segment", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png")]):
+        err = run_error(capsys, command + ["--checkpoint", str(tmp_path / "c.npz")])
+        assert err.startswith(f"minilab {command[0]}: error: checkpoint ") and "c.npz is damaged" in err
+        assert err.count("\n") == 1
+
+
 def test_eval_checks_trimap_before_loading_anything(tmp_path, capsys):
     err = run_error(capsys, ["eval", "--checkpoint", str(tmp_path / "none.npz"), "--trimap", "-1"])
     assert err == "minilab eval: error: --trimap must be >= 0, got -1\n"

@@ -183,6 +183,30 @@ def test_checkpoint_round_trip_and_model_rebuild(tmp_path):
     json.dumps(meta)  # the metadata stays plain JSON
 
 
+@pytest.mark.parametrize("meta, match", [
+    ('{"format": "minilab-checkpoint"', "'meta' entry is not JSON"),
+    ('["minilab-checkpoint"]', "'meta' entry is not a JSON object, got a list"),
+    ('{"format": "minilab-checkpoint", "version": 1}', "no 'config' object"),
+])
+def test_a_damaged_meta_is_named_with_its_file(tmp_path, meta, match):
+    """A meta that was no JSON object, or had no config, raised a raw JSONDecodeError (naming no
+    file), AttributeError or KeyError."""
+    np.savez(tmp_path / "c.npz", meta=np.array(meta))
+    with pytest.raises(ValueError, match=f"checkpoint .*c.npz is damaged: .*{match}"):
+        load_checkpoint(tmp_path / "c.npz")
+
+
+def test_load_model_needs_the_settings_it_promises(tmp_path):
+    spec = model_spec("deeplab_vgg16", 5, width=0.125, depth=(1,) * 5, rates=(1, 2), hidden=8, dropout=0.0)
+    config = {"mean": [0, 0, 0], "input_scale": 1.0}
+    for meta, match in (({"model_spec": spec, "config": {"mean": [0, 0, 0]}}, "c.npz is damaged: .*input_scale"),
+                        ({"model_spec": {"builder": "deeplab_vgg16"}, "config": config}, "num_classes"),
+                        ({"model_spec": spec, "config": config}, "c.npz does not hold its model's weights")):
+        np.savez(tmp_path / "c.npz", meta=np.array(json.dumps({"format": "minilab-checkpoint", **meta})))
+        with pytest.raises(ValueError, match=match):
+            load_model(tmp_path / "c.npz")
+
+
 def test_numpy_numbers_are_checkpointed_as_python_numbers(tmp_path):
     """Settings from a NumPy sweep (np.int64, np.float32) train and checkpoint like Python numbers."""
     cfg = config(iterations=np.int64(2), batch_size=np.arange(3)[2], base_lr=np.float32(0.01),

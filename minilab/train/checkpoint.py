@@ -64,7 +64,11 @@ def writable(name, path):
 
 
 def load_checkpoint(path):
-    """Read a checkpoint: returns ``(model_state, optimizer_state, meta)``."""
+    """Read a checkpoint: returns ``(model_state, optimizer_state, meta)``.
+
+    ``meta`` is checked to be a JSON object of this format holding a ``config`` object; a
+    damaged one is a ``ValueError`` naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -73,9 +77,17 @@ def load_checkpoint(path):
     with np.load(path, allow_pickle=False) as f:
         if "meta" not in f.files:
             raise ValueError(f"{path} is not a minilab checkpoint (no 'meta' entry)")
-        meta = json.loads(str(f["meta"]))
+        try:
+            meta = json.loads(str(f["meta"]))
+        except ValueError as error:  # JSONDecodeError, or NumPy refusing a pickled entry
+            raise ValueError(f"checkpoint {path} is damaged: its 'meta' entry is not JSON ({error})") from error
+        if not isinstance(meta, dict):
+            raise ValueError(f"checkpoint {path} is damaged: its 'meta' entry is not a JSON object, "
+                             f"got a {type(meta).__name__}")
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not a minilab checkpoint (format {meta.get('format')!r})")
+        if not isinstance(meta.get("config"), dict):
+            raise ValueError(f"checkpoint {path} is damaged: its meta holds no 'config' object (the training settings)")
         model = {k[6:]: f[k] for k in f.files if k.startswith("model/")}
         optimizer = {k[10:]: f[k] for k in f.files if k.startswith("optimizer/")}
     return model, optimizer, meta
@@ -118,8 +130,10 @@ def jsonable(name, value):
 def build_model(spec):
     """The (freshly initialised) model a :func:`model_spec` describes."""
     from .. import nn
-    if not isinstance(spec, dict) or spec.get("builder") not in BUILDERS:
-        raise ValueError(f"model spec must name a builder in {BUILDERS}, got {spec!r}")
+    if (not isinstance(spec, dict) or spec.get("builder") not in BUILDERS or "num_classes" not in spec
+            or not isinstance(spec.get("kwargs", {}), dict)):
+        raise ValueError(f"model spec must name a builder in {BUILDERS}, num_classes and a dict of kwargs, "
+                         f"got {spec!r}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("kwargs", {}).items()}
     return getattr(nn, spec["builder"])(spec["num_classes"], **kwargs)
 
@@ -133,8 +147,14 @@ def load_model(path, device="cpu"):
     model_state, _, meta = load_checkpoint(path)
     if not meta.get("model_spec"):
         raise ValueError(f"checkpoint {path} does not say how to build its model (no model_spec)")
+    missing = [k for k in ("mean", "input_scale") if k not in meta["config"]]
+    if missing:
+        raise ValueError(f"checkpoint {path} is damaged: its config lacks {', '.join(missing)}")
     model = build_model(meta["model_spec"])
-    model.load_state_dict(model_state)
+    try:
+        model.load_state_dict(model_state)
+    except KeyError as error:  # weights missing or named otherwise
+        raise ValueError(f"checkpoint {path} does not hold its model's weights: {error.args[0]}") from error
     if device != "cpu":
         model.to(device)
     return model.eval(), meta

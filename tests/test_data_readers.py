@@ -305,3 +305,6 @@ def test_make_batch_and_to_input():
     assert np.allclose(x[1], (image.transpose(2, 0, 1).astype(np.float32) - 100) * 0.5)
     with pytest.raises(ValueError, match="images must be"):
         transforms.to_input(np.zeros((4, 4)))
+    for wrong in (image / 255.0, image.astype(np.uint16)):  # silently scaled as if 0..255 before
+        with pytest.raises(TypeError, match="images must be uint8"):
+            transforms.to_input(wrong)

@@ -207,6 +207,20 @@ def test_load_model_needs_the_settings_it_promises(tmp_path):
             load_model(tmp_path / "c.npz")
 
 
+def test_inference_takes_uint8_images_only():
+    """A float image in 0..1 or a 16-bit one passed as a wrong but plausible input."""
+    from minilab.train import evaluate, predict_probs
+    model, image = tiny(), np.zeros((9, 9, 3), np.uint8)
+    assert predict_probs(model, image).shape == (5, 9, 9)
+    for wrong in (image / 255.0, image.astype(np.uint16)):
+        with pytest.raises(TypeError, match="image must be uint8"):
+            predict_probs(model, wrong)
+        with pytest.raises(TypeError, match=r"dataset\[0\]'s image must be uint8"):
+            evaluate(model, [(wrong, np.zeros((9, 9), np.uint8))], 5)
+    with pytest.raises(ValueError, match="image must be H×W×3"):
+        predict_probs(model, image[None])
+
+
 def test_numpy_numbers_are_checkpointed_as_python_numbers(tmp_path):
     """Settings from a NumPy sweep (np.int64, np.float32) train and checkpoint like Python numbers."""
     cfg = config(iterations=np.int64(2), batch_size=np.arange(3)[2], base_lr=np.float32(0.01),

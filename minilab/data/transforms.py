@@ -105,6 +105,8 @@ def to_input(images, mean=INPUT_MEAN, scale=INPUT_SCALE):
         images = images[None]
     if images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"images must be H×W×3 or N×H×W×3, got shape {images.shape}")
+    if images.dtype != np.uint8:  # a float image in 0..1 would pass as a nearly black one
+        raise TypeError(f"images must be uint8 (0..255), got dtype {images.dtype}")
     x = (images.astype(np.float32) - np.asarray(mean, np.float32)) * np.float32(scale)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 

@@ -13,6 +13,18 @@ from ..ops.activations import softmax_forward
 from ..ops.interp import bilinear_resize_forward
 
 
+def check_image(name, image):
+    """Check an H×W×3 uint8 NumPy image, the only kind the models take: a float image in 0..1
+    or a 16-bit one would pass ``(image - mean) * input_scale`` as a wrong but plausible input."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{name} must be H×W×3, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8 (0..255), got dtype {image.dtype}")
+    return image
+
+
 def predict_probs(model, image, mean=INPUT_MEAN, input_scale=INPUT_SCALE):
     """Class probabilities of one image at full resolution.
 
@@ -25,6 +37,7 @@ def predict_probs(model, image, mean=INPUT_MEAN, input_scale=INPUT_SCALE):
     -------
     probs : ndarray, C×H×W float32 (NumPy), summing to 1 over C at every pixel.
     """
+    check_image("image", image)
     h, w = image.shape[:2]
     x = to_input(image, mean, input_scale)
     params = model.parameters()
@@ -42,6 +55,7 @@ def evaluate(model, dataset, num_classes, *, crf=None, mean=INPUT_MEAN, input_sc
 
     Parameters
     ----------
+    dataset : sequence of ``(image, labels)``: H×W×3 uint8 images, H×W class ids (255 unlabelled).
     crf : dict, optional
         Keyword arguments of :func:`minilab.crf.dense_crf` (``w1``, ``sigma_alpha``, ...).
     trimap_width : int, optional
@@ -72,6 +86,7 @@ def evaluate(model, dataset, num_classes, *, crf=None, mean=INPUT_MEAN, input_sc
     try:
         for i in items:
             image, labels = dataset[i]
+            check_image(f"dataset[{i}]'s image", image)
             probs = predict_probs(model, image, mean, input_scale)
             preds = {"": probs.argmax(0)}
             if crf is not None:

@@ -112,9 +112,9 @@ def integer(name, value, minimum=None, maximum=None):
     return int(value)
 
 
-def real(name, value, positive=False, minimum=None):
-    """Check that ``value`` is a finite real number (not a bool), > 0 when ``positive`` and
-    >= ``minimum`` when given; returns it as a float.
+def real(name, value, positive=False, minimum=None, maximum=None):
+    """Check that ``value`` is a finite real number (not a bool), > 0 when ``positive``,
+    >= ``minimum`` and <= ``maximum`` when given; returns it as a float.
 
     Any ``numbers.Real`` is taken (a ``Fraction``, a Python int of any size) and judged as
     the float it becomes: one too large for a float is not finite, one that rounds to 0 is
@@ -129,6 +129,8 @@ def real(name, value, positive=False, minimum=None):
         raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value}")
     if minimum is not None and number < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return number
 
 

@@ -295,6 +295,21 @@ def test_augment_keeps_image_and_labels_aligned():
         transforms.augment(image, labels[:10], rng, 33)
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(mean=(300, -5, 128)), ValueError, "mean must be <= 255"),  # wrapped in the uint8 padding
+    (dict(mean=(-5, 0, 0)), ValueError, "mean must be >= 0"),
+    (dict(scale_range=(-2, -1)), ValueError, "scale_range must be a finite number > 0"),  # 1-pixel images
+    (dict(scale_range=(2, 1)), ValueError, "scale_range must be .* low <= high"),  # NumPy's "high - low < 0"
+    (dict(rng=0), TypeError, "rng must be a numpy.random.Generator"),  # an AttributeError
+    (dict(flip="no"), TypeError, "flip must be True or False"),
+])
+def test_augment_checks_its_arguments(kwargs, error, match):
+    image, labels = np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8)
+    kwargs = {"rng": np.random.default_rng(0), "crop_size": 9, **kwargs}
+    with pytest.raises(error, match=match):
+        transforms.augment(image, labels, **kwargs)
+
+
 def test_make_batch_and_to_input():
     ds = data.SyntheticScenes(4, 33)
     x, labels = transforms.make_batch(ds, [0, 3], np.random.default_rng(0), 33, scale_range=None, flip=False,

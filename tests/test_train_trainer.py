@@ -268,6 +268,8 @@ def test_config_checks():
             TrainConfig(scale_range=bad)
     with pytest.raises(ValueError, match="mean must hold one value per colour channel"):
         TrainConfig(mean=(128, 128))
+    with pytest.raises(ValueError, match="mean must be <= 255"):  # the crops' padding colour, a uint8
+        TrainConfig(mean=(300, 128, 128))
     for name in ("input_scale", "gamma"):
         with pytest.raises(ValueError, match=name):
             TrainConfig(**{name: 0})

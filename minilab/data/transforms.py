@@ -45,6 +45,26 @@ def check_pair(image, labels):
     return image, labels
 
 
+def check_scale_range(scale_range):
+    """None, or ``(low, high)`` with 0 < low <= high, as a tuple of floats."""
+    if scale_range is None:
+        return None
+    if not isinstance(scale_range, (tuple, list, np.ndarray)) or len(scale_range) != 2:
+        raise ValueError(f"scale_range must be (low, high) or None, got {scale_range!r}")
+    low, high = (validate.positive("scale_range", s) for s in scale_range)
+    if low > high:
+        raise ValueError(f"scale_range must be (low, high) with low <= high, got {scale_range}")
+    return low, high
+
+
+def check_mean(mean):
+    """An (R, G, B) colour of 0..255 values, as a tuple of floats: it is subtracted from the
+    images and pads their crops, where a value outside 0..255 would wrap around in uint8."""
+    if not isinstance(mean, (tuple, list, np.ndarray)) or len(mean) != 3:
+        raise ValueError(f"mean must hold one value per colour channel (R, G, B), got {mean!r}")
+    return tuple(validate.real("mean", m, minimum=0, maximum=255) for m in mean)
+
+
 def resize_pair(image, labels, size):
     """Resize to ``size = (H, W)``: the image bilinearly, the labels by nearest neighbour."""
     h, w = size
@@ -88,8 +108,17 @@ def random_flip(image, labels, rng):
 
 
 def augment(image, labels, rng, crop_size, scale_range=(0.5, 1.5), flip=True, mean=INPUT_MEAN):
-    """Random scaling (skipped when ``scale_range`` is None), random crop, random flip."""
+    """Random scaling (skipped when ``scale_range`` is None), random crop, random flip.
+
+    ``rng`` is a ``numpy.random.Generator``; not a seed, which would give every call the same
+    draws. ``scale_range`` is ``(low, high)`` with 0 < low <= high, ``mean`` (the padding
+    colour) three values in 0..255.
+    """
     check_pair(image, labels)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got {rng!r}")
+    scale_range, mean = check_scale_range(scale_range), check_mean(mean)
+    flip = validate.boolean("flip", flip)
     if scale_range is not None:
         image, labels = random_scale(image, labels, rng, scale_range)
     image, labels = random_crop(image, labels, validate.pair("crop_size", crop_size, 1), rng, mean)

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import backend, validate
-from ..data.transforms import INPUT_MEAN, INPUT_SCALE, make_batch
+from ..data.transforms import INPUT_MEAN, INPUT_SCALE, check_mean, check_scale_range, make_batch
 from ..nn.module import Module
 from ..ops.interp import downsample_labels
 from ..ops.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
@@ -57,6 +57,7 @@ class TrainConfig:
     mean, input_scale
         The network sees ``(image - mean) * input_scale``; the default ``(image - 128) / 64``
         keeps inputs O(1) for models trained from scratch (:mod:`minilab.data.transforms`).
+        ``mean`` is an (R, G, B) colour in 0..255: it also pads the crops.
         Checkpoints store both, so evaluation and inference normalise as training did.
     val_every : int
         Validate every this many iterations (0: only when asked).
@@ -103,15 +104,8 @@ class TrainConfig:
         self.flip = validate.boolean("flip", self.flip)
         validate.choice("policy", self.policy, POLICIES)
         validate.choice("device", self.device, backend.DEVICES)
-        if self.scale_range is not None:
-            if len(self.scale_range) != 2:
-                raise ValueError(f"scale_range must be (low, high) or None, got {self.scale_range!r}")
-            self.scale_range = tuple(validate.positive("scale_range", s) for s in self.scale_range)
-            if self.scale_range[0] > self.scale_range[1]:
-                raise ValueError(f"scale_range must be (low, high) with low <= high, got {self.scale_range}")
-        if len(self.mean) != 3:
-            raise ValueError(f"mean must hold one value per colour channel (R, G, B), got {self.mean!r}")
-        self.mean = tuple(validate.real("mean", m) for m in self.mean)
+        self.scale_range = check_scale_range(self.scale_range)
+        self.mean = check_mean(self.mean)  # also the padding colour of the crops: 0..255
 
 
 # Settings that may differ between a run and its resumption without changing the result.

@@ -105,6 +105,12 @@ def test_poly_and_step_by_hand():
         learning_rate("cosine", 0.1, 0, 10)
     with pytest.raises(ValueError, match="max_iter"):
         poly_lr(0.1, 0, 0)
+    # a rate growing by gamma > 1 at every step overflowed a float (OverflowError) in the end
+    with pytest.raises(ValueError, match="gamma must be <= 1"):
+        step_lr(0.1, 10**4, 1, gamma=10.0)
+    with pytest.raises(ValueError, match="gamma must be <= 1"):
+        learning_rate("step", 0.1, 10**4, 100, step_size=1, gamma=10.0)
+    assert step_lr(0.1, 10**4, 1, gamma=1) == 0.1
 
 
 def test_param_groups_put_fc8_at_ten_times():

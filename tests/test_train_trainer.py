@@ -273,6 +273,8 @@ def test_config_checks():
     for name in ("input_scale", "gamma"):
         with pytest.raises(ValueError, match=name):
             TrainConfig(**{name: 0})
+    with pytest.raises(ValueError, match="gamma must be <= 1"):  # a step decay, not growth
+        TrainConfig(gamma=10.0)
     for name in ("power", "classifier_lr_mult"):
         TrainConfig(**{name: 0})  # a constant poly rate, a frozen classifier
         with pytest.raises(ValueError, match=name):

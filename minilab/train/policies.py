@@ -20,10 +20,16 @@ def poly_lr(base_lr, iteration, max_iter, power=0.9):
 
 
 def step_lr(base_lr, iteration, step_size, gamma=0.1):
-    """``base_lr * gamma ** floor(iteration / step_size)``."""
+    """``base_lr * gamma ** floor(iteration / step_size)``.
+
+    A step *decay*: ``gamma`` is in (0, 1] (DeepLab's 0.1 divides the rate by 10 at each
+    step; 1 keeps it constant). A gamma above 1 would grow the rate exponentially, past any
+    rate SGD survives and, after enough steps, past a float (an ``OverflowError``).
+    """
     validate.integer("iteration", iteration, 0)
     validate.integer("step_size", step_size, 1)
-    return float(base_lr) * float(gamma) ** math.floor(iteration / step_size)
+    gamma = validate.real("gamma", gamma, positive=True, maximum=1)
+    return float(base_lr) * gamma ** math.floor(iteration / step_size)
 
 
 POLICIES = {"poly": poly_lr, "step": step_lr}

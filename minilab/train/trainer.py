@@ -47,7 +47,7 @@ class TrainConfig:
         sample exactly under a stride-8 score pixel.
     base_lr, policy, power, step_size, gamma
         Learning rate and its policy: ``"poly"`` (power 0.9) or ``"step"`` (× gamma every
-        step_size iterations).
+        step_size iterations, gamma in (0, 1]).
     momentum, weight_decay, classifier_lr_mult
         SGD settings: 0.9, 5e-4 and 10× on the classifier.
     scale_range : (float, float) or None
@@ -96,8 +96,9 @@ class TrainConfig:
             setattr(self, name, validate.integer(name, getattr(self, name), 1))
         for name in ("val_every", "checkpoint_every", "seed"):
             setattr(self, name, validate.integer(name, getattr(self, name), 0))
-        for name in ("base_lr", "gamma", "input_scale"):
+        for name in ("base_lr", "input_scale"):
             setattr(self, name, validate.positive(name, getattr(self, name)))
+        self.gamma = validate.real("gamma", self.gamma, positive=True, maximum=1)  # a decay (step_lr)
         # 0: a constant poly rate, plain SGD, no decay, a frozen classifier (SGD checks momentum < 1)
         for name in ("power", "momentum", "weight_decay", "classifier_lr_mult"):
             setattr(self, name, validate.real(name, getattr(self, name), minimum=0))

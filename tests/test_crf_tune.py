@@ -89,6 +89,20 @@ def test_bad_arguments(tiny_set):
         tune.score([tiny_set[0][:2]], w1=3.0, sigma_alpha=2.0, sigma_beta=5.0)
 
 
+def test_samples_are_read_once_and_must_not_be_empty(tiny_set):
+    """No samples gave "conf must be a NumPy or CuPy array, got int"; a one-shot iterator was
+    exhausted after the first setting and failed the same way at the second."""
+    grid = dict(w1=(3.0, 4.0), sigma_alpha=(2.0,), sigma_beta=(5.0,))
+    for search in (lambda s: tune.score(s, w1=3.0, sigma_alpha=2.0, sigma_beta=5.0),
+                   lambda s: tune.grid_search(s, grid, progress=False)):
+        with pytest.raises(ValueError, match="samples must hold at least one"):
+            search([])
+    with pytest.raises(TypeError, match="samples must be a sequence of .* got int"):
+        tune.score(3, w1=3.0, sigma_alpha=2.0, sigma_beta=5.0)
+    once = tune.grid_search(iter(tiny_set[:1]), grid, progress=False, **FIXED)
+    assert once == tune.grid_search(tiny_set[:1], grid, progress=False, **FIXED)
+
+
 def test_paper_grid():
     assert tune.COARSE_GRID["sigma_alpha"] == tuple(range(30, 101, 10))
     assert len(list(itertools.product(*tune.COARSE_GRID.values()))) == 4 * 8 * 4

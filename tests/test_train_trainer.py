@@ -221,6 +221,15 @@ def test_inference_takes_uint8_images_only():
         predict_probs(model, image[None])
 
 
+def test_evaluate_names_an_empty_dataset_and_a_float_class_count():
+    """An empty data set was reported as "conf counts no pixel", num_classes=5.0 in NumPy's words."""
+    from minilab.train import evaluate
+    with pytest.raises(ValueError, match="dataset is empty"):
+        evaluate(tiny(), [], 5)
+    with pytest.raises(TypeError, match="num_classes must be an integer"):
+        evaluate(tiny(), [(np.zeros((9, 9, 3), np.uint8), np.zeros((9, 9), np.uint8))], 5.0)
+
+
 def test_numpy_numbers_are_checkpointed_as_python_numbers(tmp_path):
     """Settings from a NumPy sweep (np.int64, np.float32) train and checkpoint like Python numbers."""
     cfg = config(iterations=np.int64(2), batch_size=np.arange(3)[2], base_lr=np.float32(0.01),

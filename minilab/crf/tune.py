@@ -47,8 +47,8 @@ def score(samples, *, w1, sigma_alpha, sigma_beta, w2=3.0, sigma_gamma=3.0, iter
     -------
     float : mean IoU (:func:`minilab.metrics.mean_iou`).
     """
-    conf = 0
-    for sample in samples:
+    conf = None
+    for sample in _check_samples(samples):
         if not (isinstance(sample, (tuple, list)) and len(sample) == 3):
             raise TypeError(f"samples must hold (image, probs, labels) triples, got a {type(sample).__name__}"
                             + (f" of length {len(sample)}" if hasattr(sample, "__len__") else ""))
@@ -56,7 +56,10 @@ def score(samples, *, w1, sigma_alpha, sigma_beta, w2=3.0, sigma_gamma=3.0, iter
         q = dense_crf(image, probs, iterations=iterations, w1=w1, sigma_alpha=sigma_alpha,
                       sigma_beta=sigma_beta, w2=w2, sigma_gamma=sigma_gamma, method=method,
                       **crf_options)
-        conf = conf + metrics.confusion_matrix(map_labels(q), labels, probs.shape[0], ignore_index)
+        counts = metrics.confusion_matrix(map_labels(q), labels, probs.shape[0], ignore_index)
+        conf = counts if conf is None else conf + counts
+    if conf is None:
+        raise ValueError("samples must hold at least one (image, probs, labels) triple, got none")
     return metrics.mean_iou(conf)
 
 
@@ -68,7 +71,10 @@ def grid_search(samples, grid, *, progress=True, desc="grid", table=None, **opti
     in ``table`` (a list of rows from an earlier call) or repeated in ``grid`` are not scored
     again. Returns the list of rows, ``table`` extended: one dict per setting with the
     three parameters, ``"miou"`` and ``"stage"`` (``desc``). ``options`` go to :func:`score`.
+    ``samples`` may be any iterable (a generator too): it is read into a list once, then scored
+    at every setting.
     """
+    samples = list(_check_samples(samples))
     grid = _check_grid("grid", grid)
     table = [] if table is None else table
     done = {tuple(row[n] for n in NAMES) for row in table}
@@ -78,6 +84,14 @@ def grid_search(samples, grid, *, progress=True, desc="grid", table=None, **opti
         params = dict(zip(NAMES, setting))
         table.append(dict(params, miou=score(samples, **params, **options), stage=desc))
     return table
+
+
+def _check_samples(samples):
+    """Check that ``samples`` is iterable; returns it. :func:`score` checks each item is a
+    triple, and that there is at least one, as it reads them (a generator is read once)."""
+    if not isinstance(samples, collections.abc.Iterable):
+        raise TypeError(f"samples must be a sequence of (image, probs, labels) triples, got {type(samples).__name__}")
+    return samples
 
 
 def _tidy(value):
@@ -147,8 +161,7 @@ def cross_validate(samples, *, coarse=COARSE_GRID, fine_steps=FINE_STEPS, rounds
         (``"coarse"``, ``"fine 1"``, …).
     """
     rounds = validate.integer("rounds", rounds, minimum=0)
-    if len(samples) == 0:
-        raise ValueError("samples must hold at least one (image, probs, labels) triple")
+    samples = list(_check_samples(samples))  # scored at every setting (score refuses none)
     coarse = _check_grid("coarse", coarse)
     _check_names("fine_steps", fine_steps)
     for name in NAMES:

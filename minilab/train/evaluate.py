@@ -7,7 +7,7 @@ over the whole data set into one confusion matrix (:mod:`minilab.metrics`).
 """
 import numpy as np
 
-from .. import backend, metrics
+from .. import backend, metrics, validate
 from ..data.transforms import INPUT_MEAN, INPUT_SCALE, to_input
 from ..ops.activations import softmax_forward
 from ..ops.interp import bilinear_resize_forward
@@ -71,6 +71,9 @@ def evaluate(model, dataset, num_classes, *, crf=None, mean=INPUT_MEAN, input_sc
     the band, as ``class_iou`` is NaN for a class absent from labels and predictions;
     :func:`minilab.metrics.trimap_accuracy` of one image raises instead), and ``examples``: a list of dicts ``image, labels, pred[, pred_crf]``.
     """
+    num_classes = validate.integer("num_classes", num_classes, minimum=1)
+    if len(dataset) == 0:  # not the metrics' "conf counts no pixel"
+        raise ValueError("dataset is empty: there is no image to evaluate")
     if crf is not None:
         from ..crf import dense_crf
     was_training = getattr(model, "training", False)

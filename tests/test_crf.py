@@ -252,6 +252,11 @@ GOOD = dict(w1=4.0, sigma_alpha=5.0, sigma_beta=5.0)
     (lambda im, p, kw: (im, p, {**kw, "sigma_alpha": 1e-50}), ValueError, "sigma_alpha must be large enough"),
     (lambda im, p, kw: (im, p, {**kw, "sigma_gamma": 1e-40}), ValueError, "sigma_gamma must be large enough"),
     (lambda im, p, kw: (im, p, {**kw, "sigma_beta": 1e-40}), ValueError, "sigma_beta must be large enough"),
+    # a float image's colours were checked against a reach of 0: "features contains NaN or infinity"
+    (lambda im, p, kw: (im / 255.0, p, {**kw, "sigma_beta": 1e-40}), ValueError, "sigma_beta must be large enough"),
+    (lambda im, p, kw: (np.where(im > 127, 3e38, -3e38).astype(np.float32), p, kw), ValueError,
+     "image must span at most 3.403e.38"),
+    (lambda im, p, kw: (np.where(im > 127, 1e300, -1e300), p, kw), ValueError, "image must span at most"),
     (lambda im, p, kw: (im, p, {**kw, "method": "fast"}), ValueError, "method"),
     (lambda im, p, kw: (im, p, {**kw, "normalization": "sym"}), ValueError, "normalization"),
     (lambda im, p, kw: (im, p, {**kw, "device": "tpu"}), ValueError, "device"),

@@ -21,6 +21,7 @@ from .. import backend, validate
 # Probabilities are clipped here before the logarithm so that a zero gives a large finite
 # unary instead of infinity.
 PROB_FLOOR = np.float32(1e-10)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def check_image(image):
@@ -120,16 +121,22 @@ def bilateral_features(image, sigma_alpha, sigma_beta):
         photo match the reference's bit for bit. A float image is first shifted, in its own
         dtype, so that each channel's minimum is 0: the kernel depends only on differences,
         and float32 would otherwise round away the differences between values far from 0
-        (1e8 + 2 is 1e8 in float32).
+        (1e8 + 2 is 1e8 in float32). Its shifted range must be a float32 number.
     """
     check_image(image)
     h, w, f = image.shape
     sigma_alpha = _sigma("sigma_alpha", sigma_alpha, max(h, w) - 1)
-    sigma_beta = _sigma("sigma_beta", sigma_beta, 255 if image.dtype == np.uint8 else 0)
     xp = backend.array_module(image)
     values = image.reshape(h * w, f)
+    reach = 255  # the largest colour value σβ divides
     if image.dtype != np.uint8:
-        values = values - values.min(axis=0)
+        with np.errstate(over="ignore"):  # a range that overflows is refused below
+            values = values - values.min(axis=0)
+        reach = float(values.max())  # one number to the host
+        if not reach <= FLOAT32_MAX:
+            raise ValueError(f"image must span at most {FLOAT32_MAX:.4g} (float32's largest number) "
+                             f"from min to max in each channel, got a range of {reach:g} in {image.dtype}")
+    sigma_beta = _sigma("sigma_beta", sigma_beta, reach)
     out = xp.empty((h * w, 2 + f), dtype=np.float32)
     out[:, :2] = _positions(xp, h, w, sigma_alpha)
     out[:, 2:] = values.astype(np.float32) / sigma_beta
@@ -140,7 +147,7 @@ def _sigma(name, sigma, reach):
     """σ > 0 as a float32, small enough that ``reach`` (the largest value it divides) / σ
     is a finite float32."""
     value = validate.positive(name, sigma)
-    if np.float32(value) == 0 or reach / float(np.float32(value)) > float(np.finfo(np.float32).max):
+    if np.float32(value) == 0 or reach / float(np.float32(value)) > FLOAT32_MAX:
         raise ValueError(f"{name} must be large enough that {reach} / {name} is a float32 number, got {value:g}")
     return np.float32(value)
 

@@ -139,6 +139,14 @@ def test_one_bit_masks_read_as_0_and_1(tmp_path):
     assert labels.dtype == np.uint8 and np.array_equal(labels, np.eye(4))
 
 
+@pytest.mark.parametrize("values", [[0, 1, 300], [0, 1, -1]])
+def test_32_bit_masks_outside_0_to_255_are_refused(tmp_path, values):
+    """An 'I' (int32) TIFF with -1 wrapped to 255, 'unlabelled', when cast to uint8."""
+    Image.fromarray(np.array([values], np.int32)).save(tmp_path / "m.tif")
+    with pytest.raises(ValueError, match=f"values from {min(values)} to {max(values)}"):
+        data.read_mask(tmp_path / "m.tif")
+
+
 @pytest.mark.parametrize("num_classes, error", [(-2, ValueError), (1, ValueError), (256, ValueError),
                                                  (2.0, TypeError)])
 def test_folders_check_num_classes(voc_root, num_classes, error):

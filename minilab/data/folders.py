@@ -47,8 +47,9 @@ def read_mask(path):
                              "whose pixel values are class indices (palette 'P' or greyscale 'L'), "
                              "with 255 for unlabelled pixels")
         mask = np.asarray(im)
-    if mask.max(initial=0) > 255:
-        raise ValueError(f"mask {path} has values up to {mask.max()}; class indices must be 0..C-1 or 255")
+    if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:  # 'I' images hold int32
+        raise ValueError(f"mask {path} has values from {mask.min()} to {mask.max()}; class indices must be "
+                         "0..C-1 or 255")
     return mask.astype(np.uint8)
 
 

@@ -77,15 +77,14 @@ def confusion_matrix(pred, labels, num_classes, ignore_index=255, mask=None):
             raise ValueError(f"mask must be a bool array of shape {tuple(labels.shape)}, got "
                              f"{mask.dtype} of shape {tuple(mask.shape)}")
         keep = keep & mask
-    t = labels[keep].astype(np.int64)
-    p = pred[keep].astype(np.int64)
-    for name, values in (("labels", t), ("pred", p)):
+    t, p = labels[keep], pred[keep]
+    for name, values in (("labels", t), ("pred", p)):  # in their own dtype: uint64 may exceed int64
         if values.size and (int(values.min()) < 0 or int(values.max()) >= num_classes):
             where = f" (other than ignore_index={ignore_index})" if name == "labels" and ignore_index is not None else ""
             raise ValueError(f"{name} must hold class ids in 0..{num_classes - 1}{where}, got values "
                              f"from {int(values.min())} to {int(values.max())}")
-    return xp.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes)
+    codes = t.astype(np.int64) * num_classes + p.astype(np.int64)
+    return xp.bincount(codes, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def _confusion(conf):

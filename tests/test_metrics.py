@@ -112,6 +112,8 @@ def test_ignore_index_none_counts_everything():
     (np.zeros((2, 2), int), np.zeros((2, 3), int), 2, ValueError, "same shape"),
     (np.zeros((2, 2), int), np.full((2, 2), 2), 2, ValueError, "labels must hold class ids in 0..1"),
     (np.full((2, 2), -1), np.zeros((2, 2), int), 2, ValueError, "pred must hold class ids"),
+    (np.full((2, 2), 2**63, np.uint64), np.zeros((2, 2), int), 2, ValueError,  # not read as negative
+     f"pred must hold class ids in 0..1, got values from {2**63} to {2**63}"),
     (np.zeros((2, 2), int), np.zeros((2, 2), int), 0, ValueError, "num_classes"),
     (np.zeros((0,), int), np.zeros((0,), int), 2, ValueError, "empty"),
 ])

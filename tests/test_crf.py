@@ -252,6 +252,8 @@ GOOD = dict(w1=4.0, sigma_alpha=5.0, sigma_beta=5.0)
     (lambda im, p, kw: (im, p, {**kw, "sigma_alpha": 1e-50}), ValueError, "sigma_alpha must be large enough"),
     (lambda im, p, kw: (im, p, {**kw, "sigma_gamma": 1e-40}), ValueError, "sigma_gamma must be large enough"),
     (lambda im, p, kw: (im, p, {**kw, "sigma_beta": 1e-40}), ValueError, "sigma_beta must be large enough"),
+    (lambda im, p, kw: (im, p, {**kw, "sigma_beta": 1e300}), ValueError, "sigma_beta must be at most"),  # inf in float32
+    (lambda im, p, kw: (im, p, {**kw, "sigma_gamma": 1e39}), ValueError, "sigma_gamma must be at most"),
     # a float image's colours were checked against a reach of 0: "features contains NaN or infinity"
     (lambda im, p, kw: (im / 255.0, p, {**kw, "sigma_beta": 1e-40}), ValueError, "sigma_beta must be large enough"),
     (lambda im, p, kw: (np.where(im > 127, 3e38, -3e38).astype(np.float32), p, kw), ValueError,
@@ -391,6 +393,11 @@ def test_arrays_written_in_place_must_be_writeable(rng, method):
         crf.METHODS[method](f).apply(values, frozen)
     with pytest.raises(ValueError, match="energy must be writeable"):
         crf.PairwiseTerm(f, 3.0, method).add_message(values, frozen)
+    term = crf.PairwiseTerm(f, 3.0, method)
+    with pytest.raises(ValueError, match="energy must be writeable"):  # was NumPy's "destination is read-only"
+        crf.mean_field_step(values, values, [term], energy=frozen)
+    with pytest.raises(ValueError, match=r"energy must have shape \(5, 3\)"):  # was a broadcast
+        crf.mean_field_step(values, values, [term], energy=np.zeros(3, np.float32))
 
 
 def test_gaussian_filter_checks_its_inputs():

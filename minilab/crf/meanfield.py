@@ -224,9 +224,12 @@ def mean_field_step(q, log_p, terms, out=None, energy=None):
     -------
     (N, C) float32, each row summing to 1.
     """
+    validate.float_array("log_p", log_p, ndim=2, finite=False)
     if energy is None:
         energy = log_p.copy()
     else:
+        validate.float_array("energy", energy, shape=log_p.shape, finite=False)
+        validate.writeable("energy", energy)
         energy[...] = log_p
     for term in terms:
         term.add_message(q, energy)

@@ -144,9 +144,11 @@ def bilateral_features(image, sigma_alpha, sigma_beta):
 
 
 def _sigma(name, sigma, reach):
-    """σ > 0 as a float32, small enough that ``reach`` (the largest value it divides) / σ
-    is a finite float32."""
+    """σ > 0 as a float32 (so at most float32's largest number), small enough that ``reach``
+    (the largest value it divides) / σ is a finite float32."""
     value = validate.positive(name, sigma)
+    if value > FLOAT32_MAX:  # infinite in float32: the term would silently ignore these features
+        raise ValueError(f"{name} must be at most {FLOAT32_MAX:.4g} (float32's largest number), got {value:g}")
     if np.float32(value) == 0 or reach / float(np.float32(value)) > FLOAT32_MAX:
         raise ValueError(f"{name} must be large enough that {reach} / {name} is a float32 number, got {value:g}")
     return np.float32(value)

@@ -214,6 +214,8 @@ def test_nn_image_pooling_checks_its_input_and_dout():
     pool = nn.ImagePooling(4, 3, rng=0).eval()
     with pytest.raises(TypeError, match="x must be a NumPy or CuPy array"):
         pool.forward([[1.0]])
+    with pytest.raises(ValueError, match="x must have a height and width of at least 1"):  # was a NaN
+        pool.forward(np.ones((2, 4, 0, 5), np.float32))
     y = pool.forward(np.ones((2, 4, 5, 5), np.float32))
     with pytest.raises(ValueError, match=r"dout must have the forward output's shape \(2, 3, 5, 5\)"):
         pool.backward(np.ones((2, 3, 9, 9), np.float32))

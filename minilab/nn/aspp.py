@@ -152,6 +152,8 @@ class ImagePooling(Module):
 
     def forward(self, x):
         validate.float_array("x", x, ndim=4)
+        if min(x.shape[2:]) < 1:  # the mean of no pixels is NaN
+            raise ValueError(f"x must have a height and width of at least 1, got shape {tuple(x.shape)}")
         y = self.unit.forward(x.mean(axis=(2, 3), keepdims=True))
         out = backend.array_module(y).broadcast_to(y, y.shape[:2] + x.shape[2:]).copy()
         self._cache = (x.shape, out.shape, out.dtype)

@@ -182,3 +182,20 @@ def test_winograd_layers_interleaved_share_work_buffers_safely(rng):
         dy = rng.standard_normal(y.shape)
         for got, want in zip(atrous_conv2d_backward(dy, cache)[:2], atrous_conv2d_backward(dy, cache_ref)[:2]):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("stride, padding", [(2, 0), (3, 0), (2, 1)])
+def test_strided_1x1_kernels_agree_with_the_direct_sum(stride, padding, rng):
+    """A ResNet's downsampling shortcut: the 1×1 fast path is for stride 1 only. A gradient
+    check cannot see a forward that ignores the stride (its backward would match it)."""
+    x, w, b = rng.standard_normal((2, 3, 7, 8)), rng.standard_normal((4, 3, 1, 1)), rng.standard_normal(4)
+    expected, cache = atrous_conv2d_forward(x, w, b, stride=stride, padding=padding, method="direct")
+    dout = rng.standard_normal(expected.shape)
+    grads = atrous_conv2d_backward(dout, cache)
+    for name in METHODS:
+        if unsupported(name, (1, 1), 1, stride):
+            continue
+        out, cache = atrous_conv2d_forward(x, w, b, stride=stride, padding=padding, method=name)
+        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12, err_msg=name)
+        for got, want in zip(atrous_conv2d_backward(dout, cache), grads):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)

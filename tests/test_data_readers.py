@@ -331,3 +331,13 @@ def test_make_batch_and_to_input():
     for wrong in (image / 255.0, image.astype(np.uint16)):  # silently scaled as if 0..255 before
         with pytest.raises(TypeError, match="images must be uint8"):
             transforms.to_input(wrong)
+
+
+def test_random_flip_mirrors_left_right():
+    """Image and labels flipped up-down together still align: only this test tells the axes apart."""
+    image = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    labels = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    flips = [transforms.random_flip(image, labels, np.random.default_rng(s)) for s in range(8)]
+    mirrored = [np.array_equal(im, image[:, ::-1]) and np.array_equal(lab, labels[:, ::-1]) for im, lab in flips]
+    kept = [np.array_equal(im, image) and np.array_equal(lab, labels) for im, lab in flips]
+    assert any(mirrored) and any(kept) and all(m or k for m, k in zip(mirrored, kept))

@@ -9,7 +9,7 @@ from minilab.data import SyntheticScenes
 from minilab.ops.interp import downsample_labels
 from minilab.ops.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from minilab.train import (SGD, Trainer, TrainConfig, TrainingDiverged, limit_threads, load_checkpoint, load_model,
-                           model_spec, param_groups)
+                           model_spec, param_groups, poly_lr)
 from minilab.train.checkpoint import build_model
 
 
@@ -316,3 +316,28 @@ def test_trainer_on_the_gpu_follows_the_cpu(tmp_path):
     assert meta["iteration"] == 6 and all(isinstance(v, np.ndarray) for v in model_state.values())
     for name, value in cpu.model.state_dict().items():
         np.testing.assert_allclose(model_state[name], value, rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+def tiny_vgg():
+    return nn.deeplab_vgg16(5, width=0.125, depth=(1,) * 5, rates=(1,), hidden=8, dropout=0.0, seed=0)
+
+
+def test_the_learning_rate_of_step_t_is_the_policy_at_t():
+    """The first step runs at base_lr: an off-by-one in the schedule passed every other test."""
+    cfg = TrainConfig(iterations=4, batch_size=1, crop_size=33, base_lr=0.01, scale_range=None, seed=3)
+    with limit_threads(1):
+        trainer = Trainer(tiny_vgg(), SyntheticScenes(4, 33, seed=1), cfg, 5, progress=False)
+        trainer.fit()
+    assert trainer.history["lr"] == [poly_lr(0.01, i, 4) for i in range(4)]
+
+
+def test_predict_probs_is_the_softmax_of_the_corner_aligned_upsampling():
+    """predict_probs must upsample as model.predict does (align_corners=True, as DeepLab's
+    Caffe Interp layer): the other convention shifts every reported score by half a pixel."""
+    from minilab.data.transforms import to_input
+    from minilab.ops.activations import softmax_forward
+    from minilab.train import predict_probs
+    model = tiny_vgg().eval()
+    image = np.random.default_rng(0).integers(0, 256, (33, 33, 3), dtype=np.uint8)
+    expected, _ = softmax_forward(model.predict(to_input(image)))
+    np.testing.assert_allclose(predict_probs(model, image), expected[0], rtol=1e-5, atol=1e-6)

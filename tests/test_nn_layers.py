@@ -171,3 +171,14 @@ def test_nn_flags_must_be_booleans():
     assert nn.Conv2d(1, 1, 1, bias=np.False_).bias is None
     assert nn.BatchNorm2d(3, frozen=np.True_).frozen is True
     assert nn.ReLU().train(np.False_).training is False
+
+
+def test_nn_strided_conv_field_of_view():
+    assert nn.Conv2d(1, 1, 7, stride=2, padding=3).receptive_field() == (7, 2)
+    assert nn.Sequential(nn.Conv2d(1, 1, 3, stride=2), nn.Conv2d(1, 1, 3)).receptive_field() == (3 + 2 * 2, 2)
+
+
+def test_nn_frozen_batch_norm_counts_no_batches():
+    bn = nn.BatchNorm2d(2, frozen=True, dtype=np.float64)
+    bn.forward(np.ones((2, 2, 3, 3)))
+    assert int(bn.num_batches_tracked) == 0

@@ -224,3 +224,34 @@ def test_nn_image_pooling_checks_its_input_and_dout():
     with pytest.raises(TypeError, match="dout must have the forward output's dtype float32"):
         pool.backward(np.ones(y.shape))
     assert pool.backward(np.ones_like(y)).shape == (2, 4, 5, 5)
+
+
+@pytest.mark.parametrize("rates", [(2, 12), (12, 2)])
+def test_nn_aspp_field_of_view_is_its_widest_branch(rates):
+    assert nn.ASPP(4, 3, rates=rates, hidden=2).receptive_field() == (1 + 2 * 12, 1)
+
+
+def test_nn_multiscale_sizes_are_floored_not_rounded():
+    """Scale s of an H×H input is floor((H − 1)·s) + 1 pixels: (34 − 1)·0.75 = 24.75 gives 25."""
+    seen = []
+    model = nn.Sequential()
+    model.forward = lambda x: seen.append(x.shape[2:]) or x
+    nn.MultiScale(model, scales=(0.75, 1.0)).forward(np.zeros((1, 1, 34, 34)))
+    assert seen == [(25, 25), (34, 34)]
+
+
+def test_nn_multiscale_ties_send_the_gradient_to_the_first_scale(rng):
+    """Every scale scores the same everywhere: the max takes the first, as documented, so
+    the gradient is the first scale's alone."""
+    x = rng.standard_normal((1, 3, 9, 9))
+    grads = []
+    for scales in ((1.0, 0.5), (1.0,)):
+        conv = nn.Conv2d(3, 2, 1, dtype=np.float64)
+        conv.weight.data[...] = 0
+        conv.bias.data[...] = 1.0
+        multi = nn.MultiScale(conv, scales=scales)
+        y = multi.forward(x)
+        multi.zero_grad()
+        multi.backward(np.ones_like(y))
+        grads.append(conv.weight.grad.copy())
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-12)

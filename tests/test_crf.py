@@ -413,3 +413,22 @@ def test_gaussian_filter_checks_its_inputs():
         crf.gaussian_filter(f[0], np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="method"):
         crf.gaussian_filter(f, np.zeros(4, np.float32), method="exact")
+
+
+def test_embedding_rounds_ties_to_even():
+    """A point whose elevated coordinate over d + 1 is exactly ±0.5 rounds to 0, as the
+    reference's SSE rounding does (half-up would move it to another vertex)."""
+    s = lattice.scale_factors(1)[0]
+    candidates = [np.float32(1) / s, np.nextafter(np.float32(1) / s, np.float32(1)),
+                  np.nextafter(np.float32(1) / s, np.float32(-1))]
+    ties = [f for f in candidates if np.float32(np.float32(0.5) * (f * s)) == np.float32(0.5)]
+    assert ties  # one of the three float32 neighbours gives an exact tie
+    _, rem0, _, _ = lattice.embed(np.array([[ties[0]]], np.float32))
+    np.testing.assert_array_equal(rem0, [[0, 0]])
+
+
+def test_exact_filter_is_exact_far_from_zero(rng):
+    """The exact filter centres its features before |a|² + |b|² − 2ab: at 1e6 the
+    uncentred sum loses every digit of the distances."""
+    f, v = rng.uniform(0, 3, (40, 2)), rng.standard_normal((40, 2))
+    np.testing.assert_allclose(naive.ExactFilter(f + 1e6)(v), naive.ExactFilter(f)(v), rtol=1e-6, atol=1e-9)

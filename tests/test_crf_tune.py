@@ -106,3 +106,13 @@ def test_samples_are_read_once_and_must_not_be_empty(tiny_set):
 def test_paper_grid():
     assert tune.COARSE_GRID["sigma_alpha"] == tuple(range(30, 101, 10))
     assert len(list(itertools.product(*tune.COARSE_GRID.values()))) == 4 * 8 * 4
+
+
+def test_fine_steps_halve_each_round(monkeypatch):
+    """With rounds=2 the second round searches half steps around the first round's best."""
+    monkeypatch.setattr(tune, "score", lambda samples, **p: -sum(abs(p[n] - 4.0) for n in tune.NAMES))
+    _, table = tune.cross_validate([None], coarse=dict(w1=(3.0,), sigma_alpha=(3.0,), sigma_beta=(3.0,)),
+                                   fine_steps=dict(w1=1.0, sigma_alpha=1.0, sigma_beta=1.0), rounds=2,
+                                   progress=False)
+    second = {tuple(row[n] for n in tune.NAMES) for row in table if row["stage"] == "fine 2"}
+    assert (4.5, 4.5, 4.5) in second and (5.0, 5.0, 5.0) not in second

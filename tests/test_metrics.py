@@ -181,3 +181,11 @@ def test_xp(xp):
     band = metrics.trimap_band(xp.asarray(labels), 2)
     np.testing.assert_array_equal(band.get() if hasattr(band, "get") else band, metrics.trimap_band(labels, 2))
     assert metrics.mean_iou(conf) == pytest.approx(metrics.mean_iou(metrics.confusion_matrix(pred, labels, 3)))
+
+
+def test_confusion_rows_are_labels_and_a_mask_still_ignores_void():
+    labels = np.array([[0, 0, 1, 255]])
+    pred = np.array([[0, 1, 1, 0]])
+    conf = metrics.confusion_matrix(pred, labels, 2)
+    np.testing.assert_array_equal(conf, [[1, 1], [0, 1]])  # conf[t, p]
+    np.testing.assert_array_equal(metrics.confusion_matrix(pred, labels, 2, mask=np.ones((1, 4), bool)), conf)

@@ -199,3 +199,15 @@ def test_strided_1x1_kernels_agree_with_the_direct_sum(stride, padding, rng):
         np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12, err_msg=name)
         for got, want in zip(atrous_conv2d_backward(dout, cache), grads):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_deinterlace_of_a_1x1_kernel_splits_nothing(rng):
+    """One tap is spaced by nothing: at rate 10⁶ deinterlace built 10¹² sub-images ("array is
+    too big"); it gives the ordinary 1×1 convolution."""
+    x, w = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 3, 1, 1))
+    out, cache = atrous_conv2d_forward(x, w, rate=10**6, method="deinterlace")
+    expected, expected_cache = atrous_conv2d_forward(x, w, method="direct")
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    for got, want in zip(atrous_conv2d_backward(dout, cache)[:2], atrous_conv2d_backward(dout, expected_cache)[:2]):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -444,6 +444,8 @@ def _batch_to_space(sub, r, h, w):
 
 def _deinterlace_forward(xpad, w, rate, stride):
     """Sub-image (p, q) convolved densely with w gives the outputs y[..., p::rate, q::rate]."""
+    if w.shape[2:] == (1, 1):  # one tap: the rate spaces nothing, and rate² sub-images would be waste
+        rate = 1
     hp, wp = xpad.shape[2:]
     ho, wo = _out_size(xpad.shape, w.shape, rate, stride)
     hq, wq = -(-hp // rate), -(-wp // rate)  # sub-image size: padded up to a multiple of rate

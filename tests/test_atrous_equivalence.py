@@ -211,3 +211,17 @@ def test_deinterlace_of_a_1x1_kernel_splits_nothing(rng):
     dout = rng.standard_normal(out.shape)
     for got, want in zip(atrous_conv2d_backward(dout, cache)[:2], atrous_conv2d_backward(dout, expected_cache)[:2]):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rate, stride, padding", [(1, 3, 2), (2, 3, 2), (1, 2, 1)])
+def test_shifted_tap_groups_read_from_their_lowest_input_row(rate, stride, padding, rng):
+    """At a stride above 1 the first input row a tap reads is not monotone in the tap: with
+    stride 3, rate 1 and padding 2, tap rows 0, 1, 2 start reading at rows 1, 2, 0. A group
+    of several tap rows must read from the lowest of them."""
+    x, w = rng.standard_normal((2, 2, 11, 10)), rng.standard_normal((3, 2, 3, 3))
+    y, cache = atrous_conv2d_forward(x, w, rate=rate, stride=stride, padding=padding, method="shifted")
+    expected, expected_cache = atrous_conv2d_forward(x, w, rate=rate, stride=stride, padding=padding, method="direct")
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    for got, want in zip(atrous_conv2d_backward(dy, cache)[:2], atrous_conv2d_backward(dy, expected_cache)[:2]):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -432,3 +432,17 @@ def test_exact_filter_is_exact_far_from_zero(rng):
     uncentred sum loses every digit of the distances."""
     f, v = rng.uniform(0, 3, (40, 2)), rng.standard_normal((40, 2))
     np.testing.assert_allclose(naive.ExactFilter(f + 1e6)(v), naive.ExactFilter(f)(v), rtol=1e-6, atol=1e-9)
+
+
+def test_softmax_labels_subtracts_the_maximum_of_every_label():
+    """Energies of any size give a finite distribution, whichever label holds the largest."""
+    energy = np.array([[0.0, 0.0, 1000.0], [1000.0, 0.0, 0.0], [0.0, 1000.0, 0.0]], np.float32)
+    np.testing.assert_array_equal(crf.softmax_labels(energy), np.eye(3, dtype=np.float32)[[2, 0, 1]])
+
+
+def test_probabilities_off_by_more_than_a_thousandth_are_refused(rng):
+    image = rng.integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    probs = np.full((2, 4, 5), 0.5, np.float32)
+    crf.dense_crf(image, probs * 1.0009, iterations=1, w1=4.0, sigma_alpha=3.0, sigma_beta=5.0)
+    with pytest.raises(ValueError, match="sum to 1"):
+        crf.dense_crf(image, probs * 1.005, iterations=1, w1=4.0, sigma_alpha=3.0, sigma_beta=5.0)

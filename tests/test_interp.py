@@ -345,3 +345,13 @@ def test_cupy_matches_numpy(rng):
     labels = rng.integers(0, 21, size=(2, 33, 30))
     np.testing.assert_array_equal(cp.asnumpy(downsample_labels(cp.asarray(labels), size=(5, 4))),
                                   downsample_labels(labels, size=(5, 4)))
+
+
+def test_downsample_labels_returns_a_copy_and_rounds_halves_up():
+    labels = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    out = downsample_labels(labels, 2)
+    out[...] = 255
+    assert labels.tolist() == np.arange(16).reshape(4, 4).tolist()
+    # columns 0, 1.5, 3 on the aligned grid: 1.5 rounds half up to 2
+    assert downsample_labels(labels, size=(1, 3)).tolist() == [[0, 2, 3]]
+    assert downsample_labels(labels, size=(3, 1)).tolist() == [[0], [8], [12]]

@@ -6,10 +6,12 @@ import pytest
 
 from minilab import backend, nn
 from minilab.data import SyntheticScenes
+from minilab.data.transforms import to_input
+from minilab.ops.activations import softmax_forward
 from minilab.ops.interp import downsample_labels
 from minilab.ops.loss import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from minilab.train import (SGD, Trainer, TrainConfig, TrainingDiverged, limit_threads, load_checkpoint, load_model,
-                           model_spec, param_groups, poly_lr)
+                           model_spec, param_groups, poly_lr, predict_probs)
 from minilab.train.checkpoint import build_model
 
 
@@ -318,26 +320,71 @@ def test_trainer_on_the_gpu_follows_the_cpu(tmp_path):
         np.testing.assert_allclose(model_state[name], value, rtol=1e-3, atol=1e-5, err_msg=name)
 
 
-def tiny_vgg():
-    return nn.deeplab_vgg16(5, width=0.125, depth=(1,) * 5, rates=(1,), hidden=8, dropout=0.0, seed=0)
-
-
 def test_the_learning_rate_of_step_t_is_the_policy_at_t():
     """The first step runs at base_lr: an off-by-one in the schedule passed every other test."""
     cfg = TrainConfig(iterations=4, batch_size=1, crop_size=33, base_lr=0.01, scale_range=None, seed=3)
-    with limit_threads(1):
-        trainer = Trainer(tiny_vgg(), SyntheticScenes(4, 33, seed=1), cfg, 5, progress=False)
-        trainer.fit()
+    trainer = Trainer(tiny(), SyntheticScenes(4, 33, seed=1), cfg, 5, progress=False)
+    trainer.fit()
     assert trainer.history["lr"] == [poly_lr(0.01, i, 4) for i in range(4)]
 
 
 def test_predict_probs_is_the_softmax_of_the_corner_aligned_upsampling():
     """predict_probs must upsample as model.predict does (align_corners=True, as DeepLab's
     Caffe Interp layer): the other convention shifts every reported score by half a pixel."""
-    from minilab.data.transforms import to_input
-    from minilab.ops.activations import softmax_forward
-    from minilab.train import predict_probs
-    model = tiny_vgg().eval()
+    model = tiny().eval()
     image = np.random.default_rng(0).integers(0, 256, (33, 33, 3), dtype=np.uint8)
     expected, _ = softmax_forward(model.predict(to_input(image)))
     np.testing.assert_allclose(predict_probs(model, image), expected[0], rtol=1e-5, atol=1e-6)
+
+
+def test_train_step_trains_a_model_handed_over_in_eval_mode():
+    """A model arriving in eval mode (load_model returns one) is trained in training mode:
+    batch statistics, dropout; otherwise batch norm would keep its running statistics."""
+    model = nn.deeplab("tiny-resnet-aspp", num_classes=5, dropout=0.0).eval()
+    stats = {k: v.copy() for k, v in model.state_dict().items() if k.endswith("running_mean")}
+    assert stats
+    Trainer(model, SyntheticScenes(4, 40), config(iterations=1), 5, progress=False).fit()
+    assert all(m.training for m in model.modules())
+    after = model.state_dict()
+    assert any(not np.array_equal(after[k], v) for k, v in stats.items())
+
+
+def test_batches_draw_every_image_even_from_a_one_image_set(monkeypatch):
+    from minilab.train import trainer
+    t = Trainer(tiny(), SyntheticScenes(1, 40), config(scale_range=None, flip=False), 5, progress=False)
+    x, labels = t.next_batch()  # two random 33×33 crops of the one 40×40 scene
+    assert x.shape == (2, 3, 33, 33) and labels.shape == (2, 33, 33)
+    drawn = []
+    monkeypatch.setattr(trainer, "make_batch", lambda dataset, idx, *args: drawn.extend(idx.tolist()) or (x, labels))
+    Trainer(tiny(), SyntheticScenes(3, 40), config(batch_size=60), 5, progress=False).next_batch()
+    assert set(drawn) == {0, 1, 2}
+
+
+def test_fit_stops_at_the_configured_iterations_whatever_until_says():
+    t = Trainer(tiny(), SyntheticScenes(4, 40), config(iterations=2), 5, progress=False)
+    t.fit(until=5)
+    assert t.iteration == 2 and t.history["iteration"] == [1, 2]
+
+
+def test_resume_restores_the_training_time_and_names_the_checkpoint_it_resumed_from(tmp_path):
+    path = tmp_path / "c.npz"
+    first = Trainer(tiny(), SyntheticScenes(10, 40), config(iterations=4), 5, checkpoint=path, progress=False)
+    first.fit(until=2)
+    again = Trainer(tiny(), SyntheticScenes(10, 40), config(iterations=4), 5, checkpoint=path, progress=False)
+    again.load(path)
+    assert again.train_seconds == load_checkpoint(path)[2]["train_seconds"] == first.train_seconds > 0
+    assert again.saved_iteration == 2
+    again.model.backbone.features.layers[0].weight.data[0, 0, 0, 0] = np.nan
+    with pytest.raises(TrainingDiverged, match=f"last good checkpoint is {path} \\(iteration 2\\)"), \
+            np.errstate(invalid="ignore"):
+        again.fit()
+
+
+def test_load_model_returns_the_model_in_eval_mode(tmp_path):
+    spec = model_spec("deeplab_vgg16", 5, width=0.125, depth=(1,) * 5, rates=(1, 2), hidden=8, dropout=0.5)
+    Trainer(build_model(spec), SyntheticScenes(4, 40), config(iterations=1), 5, checkpoint=tmp_path / "m.npz",
+            model_spec=spec, progress=False).fit()
+    model, _ = load_model(tmp_path / "m.npz")
+    assert not any(m.training for m in model.modules())
+    x = np.random.default_rng(0).standard_normal((1, 3, 33, 33)).astype(np.float32)
+    assert np.array_equal(model.forward(x), model.forward(x))  # no dropout: segment is deterministic

@@ -1,4 +1,5 @@
 """The ``minilab`` command, run through ``main([...])`` on tiny files."""
+import json
 import sys
 import warnings
 
@@ -214,3 +215,22 @@ def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path, capsys):
 def test_eval_checks_trimap_before_loading_anything(tmp_path, capsys):
     err = run_error(capsys, ["eval", "--checkpoint", str(tmp_path / "none.npz"), "--trimap", "-1"])
     assert err == "minilab eval: error: --trimap must be >= 0, got -1\n"
+
+
+def test_train_flags_reach_their_own_settings():
+    parse = cli.build_parser().parse_args
+    args = parse(["train", "--checkpoint", "c.npz", "--no-flip"])
+    assert args.flip is False and args.scale is None
+    train, val = cli._dataset(args, "train"), cli._dataset(args, "val")
+    assert (train.seed, val.seed) == (cli.TRAIN_SEED, cli.HELD_OUT_SEED)
+    args = parse(["segment", "x.png", "--checkpoint", "c.npz", "-o", "o.png", "--w1", "2", "--sigma-alpha", "3",
+                  "--sigma-beta", "4"])
+    assert {k: cli._crf_params(args)[k] for k in ("w1", "sigma_alpha", "sigma_beta")} == dict(
+        w1=2.0, sigma_alpha=3.0, sigma_beta=4.0)
+
+
+def test_train_no_flip_reaches_the_checkpoint(tmp_path):
+    cli.main(["train", "--size", "33", "--batch-size", "1", "--iterations", "1", "--no-flip",
+              "--checkpoint", str(tmp_path / "c.npz")])
+    config = json.loads(str(np.load(tmp_path / "c.npz")["meta"]))["config"]
+    assert config["flip"] is False and config["scale_range"] == [0.5, 1.5]

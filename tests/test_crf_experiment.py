@@ -1,4 +1,6 @@
 """The paper's experiment at a small size: the CRF must raise mean IoU and the accuracy near boundaries."""
+import json
+
 import numpy as np
 import pytest
 
@@ -76,3 +78,46 @@ def test_main_held_out(tmp_path, capsys, monkeypatch):
     assert len(saved["table"]) == 1 + 26  # the one-point grid and its refinement
     printed = json.loads(capsys.readouterr().out)
     assert printed["mIoU, tuned parameters"] == saved["tuned_run"]["after"]["miou"]
+
+
+def test_run_summaries_are_the_scores_of_its_maps():
+    samples = experiment.load_voc_sample(scale=0.1)[:3]
+    widths = (1, 3)
+    result = experiment.run(samples, scale=0.1, widths=widths, seed=0, iterations=3, keep_maps=True)
+    for k, key in enumerate(("before", "after")):
+        confs = [metrics.confusion_matrix(maps[k], labels, 21) for (_, _, labels), maps in zip(samples, result["maps"])]
+        assert [row[f"miou_{key}"] for row in result["per_image"]] == [metrics.mean_iou(c) for c in confs]
+        assert result[key]["miou"] == metrics.mean_iou(sum(confs))
+        for i, w in enumerate(widths):
+            band = sum(metrics.confusion_matrix(maps[k], labels, 21, mask=metrics.trimap_band(labels, w))
+                       for (_, _, labels), maps in zip(samples, result["maps"]))
+            assert result[key]["trimap_accuracy"][i] == metrics.pixel_accuracy(band)
+            assert result[key]["trimap_miou"][i] == metrics.mean_iou(band)
+
+
+def test_coarse_probs_spread_void_uniformly_and_centre_each_block():
+    labels = np.full((8, 8), 15, np.int64)
+    labels[4:] = 255  # one block, half person, half void
+    probs = experiment.coarse_probs(labels, noise=0.0, blur=0.0)
+    pooled = np.full(21, 0.5 / 21)
+    pooled[15] += 0.5
+    np.testing.assert_allclose(probs[:, 0, 0], (pooled + 1e-3) / (1 + 21e-3), rtol=1e-5)
+    labels = np.zeros((8, 16), np.int64)
+    labels[:, 8:] = 15  # two blocks side by side
+    probs = experiment.coarse_probs(labels, noise=0.0, blur=0.0)
+    # a block's value sits at its centre, 3.5 pixels in; nearer the edge it is held
+    for column in range(4):
+        np.testing.assert_array_equal(probs[:, :, column], probs[:, :, 0])
+        np.testing.assert_array_equal(probs[:, :, 15 - column], probs[:, :, 15])
+    assert probs[15, 0, 4] > probs[15, 0, 3] and probs[15, 0, 11] < probs[15, 0, 12]
+
+
+def test_main_held_out_summary_names_each_number_right(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(experiment.tune, "COARSE_GRID", dict(w1=(4.0,), sigma_alpha=(50.0,), sigma_beta=(3.0,)))
+    experiment.main(["--held-out", "--scale", "0.05", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "crf_held_out.json").read_text())
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["mIoU without CRF"] == saved["default"]["before"]["miou"]
+    assert printed["mIoU, DeepLab's parameters"] == saved["default"]["after"]["miou"]
+    assert printed["mIoU, tuned parameters"] == saved["tuned_run"]["after"]["miou"]
+    assert printed["tuned"] == saved["tuned"]

@@ -341,3 +341,40 @@ def test_random_flip_mirrors_left_right():
     mirrored = [np.array_equal(im, image[:, ::-1]) and np.array_equal(lab, labels[:, ::-1]) for im, lab in flips]
     kept = [np.array_equal(im, image) and np.array_equal(lab, labels) for im, lab in flips]
     assert any(mirrored) and any(kept) and all(m or k for m, k in zip(mirrored, kept))
+
+
+def test_voc_split_files_take_the_first_word_and_skip_blank_lines(tmp_path):
+    (tmp_path / "ImageSets/Segmentation").mkdir(parents=True)
+    (tmp_path / "ImageSets/Segmentation/train.txt").write_text("2007_000032\n\n  2007_000033  1\n\n")
+    assert data.VOCSegmentation(tmp_path, "train").ids == ["2007_000032", "2007_000033"]
+
+
+def test_image_mask_folder_takes_upper_case_suffixes(tmp_path):
+    for d in ("img", "mask"):
+        (tmp_path / d).mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "img" / "a.JPG", format="JPEG")
+    Image.new("RGB", (4, 4)).save(tmp_path / "img" / "b.Png", format="PNG")
+    Image.fromarray(np.eye(4, dtype=np.uint8)).save(tmp_path / "mask" / "a.png")
+    ds = data.ImageMaskFolder(tmp_path / "img", tmp_path / "mask", num_classes=2)
+    assert ds.names == ["a.JPG", "b.Png"]
+    assert ds[0][1].tolist() == np.eye(4).tolist()
+
+
+def test_a_class_id_equal_to_num_classes_is_refused():
+    data.check_labels(np.array([[0, 2, 255]]), 3)
+    with pytest.raises(ValueError, match=r"class ids \[3\] outside 0..2"):
+        data.check_labels(np.array([[0, 3]]), 3)
+
+
+def test_synthetic_scenes_of_other_seeds_share_no_scene():
+    a, b = data.SyntheticScenes(4, 33, seed=3), data.SyntheticScenes(4, 33, seed=4)
+    for i in range(4):
+        for j in range(4):
+            assert not np.array_equal(a[i][0], b[j][0]), (i, j)
+
+
+def test_synthetic_scenes_reach_max_objects():
+    scenes = data.SyntheticScenes(40, 33, seed=0, max_objects=2)
+    assert max(len(set(np.unique(scenes[i][1]).tolist()) - {0}) for i in range(40)) == 2
+    single = data.SyntheticScenes(20, 33, seed=0, max_objects=1)
+    assert all(len(set(np.unique(single[i][1]).tolist()) - {0}) == 1 for i in range(20))

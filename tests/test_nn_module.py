@@ -221,3 +221,22 @@ def test_nn_backward_needs_a_forward(rng):
 def test_nn_model_input_dtype_must_match():
     with pytest.raises(TypeError, match="x is float32 but the model's parameters are float64"):
         small_model().forward(np.zeros((1, 3, 17, 17), np.float32))
+
+
+def test_nn_module_bookkeeping_promises():
+    """One parameter under two names is listed once; private attributes are not searched for
+    children; loading a state dict clears the gradients of the weights it replaces."""
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Parameter(np.ones(2))
+            self.b = self.a
+            self._scratch = nn.Conv2d(1, 1, 1)
+
+    m = Twice()
+    assert [name for name, _ in m.named_parameters()] == ["a"] and len(m.parameters()) == 1
+    assert [name for name, _ in m.named_modules()] == [""]
+    conv = nn.Conv2d(2, 3, 3)
+    conv.weight.grad[...] = 5.0
+    conv.load_state_dict({k: v.copy() for k, v in conv.state_dict().items()})
+    assert not conv.weight.grad.any()

@@ -238,3 +238,10 @@ def test_viz_pictures(tmp_path):
         viz.comparison_grid([ex, {k: v for k, v in ex.items() if k != "pred_crf"}])
     with pytest.raises(ValueError, match="at least one training step"):
         viz.training_curves({"iteration": [], "loss": [], "lr": [], "val": []})
+
+
+def test_overlay_leaves_void_and_background_and_rounds_the_blend():
+    image = np.full((1, 3, 3), 101, np.uint8)
+    blended = viz.overlay(image, np.array([[0, 255, 1]]), alpha=0.5)
+    assert blended[0, 0].tolist() == [101] * 3 and blended[0, 1].tolist() == [101] * 3
+    assert blended[0, 2].tolist() == [115, 51, 51]  # 0.5·101 + 0.5·(128, 0, 0), rounded half up

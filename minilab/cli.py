@@ -505,6 +505,7 @@ def add_eval(subparsers):
 
 def run_eval(args):
     from .train import evaluate, load_model
+    from .train.evaluate import json_ready
 
     _set_threads(args.threads)
     args.trimap = _option("--trimap", args.trimap, None, minimum=0)  # before the model runs, not after
@@ -530,16 +531,7 @@ def run_eval(args):
                       if args.trimap is not None else "")
             print(f"{name}: mIoU {r[f'miou{s}']:.4f}, pixel accuracy {r[f'pixel_accuracy{s}']:.4f}{trimap} ({per})")
     if args.json:
-        Path(args.json).write_text(json.dumps(_json_ready(r), indent=2, allow_nan=False))
-
-
-def _json_ready(value):
-    """``value`` with every NaN (the IoU of a class absent from data and predictions) replaced by None (JSON null)."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_ready(v) for v in value]
-    return None if isinstance(value, float) and np.isnan(value) else value
+        Path(args.json).write_text(json.dumps(json_ready(r), indent=2, allow_nan=False))
 
 
 def add_segment(subparsers):

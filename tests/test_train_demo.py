@@ -8,6 +8,7 @@ from PIL import Image
 from minilab import cli, viz
 from minilab.data import SyntheticScenes
 from minilab.train import limit_threads
+from minilab.train.evaluate import json_ready
 
 
 @pytest.fixture(autouse=True)
@@ -144,7 +145,7 @@ def test_resume_keeps_the_checkpoints_normalisation_and_eval_takes_a_partial_dat
 
 
 def test_eval_json_writes_null_for_absent_classes():
-    assert cli._json_ready({"miou": 0.5, "class_iou": [1.0, float("nan")]}) == {"miou": 0.5, "class_iou": [1.0, None]}
+    assert json_ready({"miou": 0.5, "class_iou": [1.0, float("nan")]}) == {"miou": 0.5, "class_iou": [1.0, None]}
 
 
 def test_scenes_counts_held_out_scenes_only():
@@ -245,3 +246,26 @@ def test_overlay_leaves_void_and_background_and_rounds_the_blend():
     blended = viz.overlay(image, np.array([[0, 255, 1]]), alpha=0.5)
     assert blended[0, 0].tolist() == [101] * 3 and blended[0, 1].tolist() == [101] * 3
     assert blended[0, 2].tolist() == [115, 51, 51]  # 0.5·101 + 0.5·(128, 0, 0), rounded half up
+
+
+def test_demo_report_takes_each_after_crf_number_from_the_crf_scores(tmp_path, monkeypatch):
+    """At test sizes the CRF changes nothing, so before == after hides a swapped key: give the
+    CRF scores values of their own."""
+    from minilab.train import demo
+    real = demo.evaluate
+
+    def distinct(*args, **kwargs):
+        r = real(*args, **kwargs)
+        r.update(miou_crf=0.31, pixel_accuracy_crf=0.32, trimap_accuracy_crf=0.33,
+                 class_iou_crf=[0.1, 0.2, 0.3, 0.4, float("nan")])  # NaN: a class absent from data and predictions
+        return r
+
+    monkeypatch.setattr(demo, "evaluate", distinct)
+    with limit_threads(1):
+        report = demo.run_demo(tmp_path, iterations=2, val_images=1, size=41, progress=False, log=lambda *a: None)
+    assert (report["miou_after_crf"], report["pixel_accuracy_after_crf"], report["trimap3_accuracy_after_crf"]) == (
+        0.31, 0.32, 0.33)
+    assert list(report["class_iou_after_crf"].values())[:4] == [0.1, 0.2, 0.3, 0.4]
+    assert report["pixel_accuracy_before_crf"] != 0.32
+    saved = json.loads((tmp_path / "report.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
+    assert list(saved["class_iou_after_crf"].values()) == [0.1, 0.2, 0.3, 0.4, None]

@@ -18,7 +18,7 @@ import numpy as np
 from .. import validate
 from ..data import SyntheticScenes
 from .checkpoint import build_model, model_spec
-from .evaluate import evaluate
+from .evaluate import evaluate, json_ready
 from .trainer import Trainer, TrainConfig
 
 #: The demo's model: a VGG-16 LargeFOV-shaped backbone at 1/8 width with one convolution per
@@ -87,7 +87,7 @@ def run_demo(out, *, iterations=DEMO_ITERATIONS, val_images=60, size=DEMO_SIZE, 
         "test_images": val_images, "image_size": size, "model_spec": spec, "crf": DEMO_CRF,
         "config": {k: v for k, v in vars(config).items()},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "report.json").write_text(json.dumps(json_ready(report), indent=2, allow_nan=False))  # NaN IoU: null
     (out / "report.md").write_text(_markdown(report, classes))
     return report
 

@@ -114,3 +114,13 @@ def evaluate(model, dataset, num_classes, *, crf=None, mean=INPUT_MEAN, input_sc
         if trimap_width is not None:
             result[f"trimap_accuracy{s}"] = trimap[s][0] / trimap[s][1] if trimap[s][1] else float("nan")
     return result
+
+
+def json_ready(value):
+    """``value`` (dicts, lists, numbers) with every NaN (the IoU of a class absent from data
+    and predictions) replaced by None, which JSON writes as null: a bare NaN is not JSON."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    return None if isinstance(value, float) and np.isnan(value) else value

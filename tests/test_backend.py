@@ -164,3 +164,17 @@ def test_import_warns_only_when_openmp_came_first_with_spinning_threads(code, us
                          env=env, capture_output=True, text=True, check=True)
     assert ("RuntimeWarning" in run.stderr and "OMP_WAIT_POLICY=passive" in run.stderr) == warns, run.stderr
     assert run.stdout.strip() == (user_policy or "passive")
+
+
+def test_cpu_means_cpu_whether_or_not_there_is_a_gpu(monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no usable GPU" fallback warning for an explicit cpu
+        assert backend.resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(backend, "gpu_available", lambda: True)
+    assert backend.resolve_device("cpu") == "cpu"
+    assert backend.resolve_device("auto") == "gpu"
+
+
+def test_choice_refuses_none():
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        validate.choice("normalization", None, ("symmetric", "after", "none"))

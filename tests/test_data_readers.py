@@ -378,3 +378,28 @@ def test_synthetic_scenes_reach_max_objects():
     assert max(len(set(np.unique(scenes[i][1]).tolist()) - {0}) for i in range(40)) == 2
     single = data.SyntheticScenes(20, 33, seed=0, max_objects=1)
     assert all(len(set(np.unique(single[i][1]).tolist()) - {0}) == 1 for i in range(20))
+
+
+def test_augment_scales_before_cropping():
+    """A 10×12 scene doubled fills a 20×24 crop exactly: no padding (255) in the labels."""
+    labels = np.zeros((10, 12), np.uint8)
+    image = np.full((10, 12, 3), 50, np.uint8)
+    im, lab = transforms.augment(image, labels, np.random.default_rng(0), (20, 24), scale_range=(2.0, 2.0),
+                                 flip=False)
+    assert (lab == 0).all() and (im == 50).all()
+    _, lab = transforms.augment(image, labels, np.random.default_rng(0), (20, 24), scale_range=None, flip=False)
+    assert (lab == 255).any()
+
+
+def test_to_input_subtracts_each_channels_own_mean():
+    """The default mean is the same grey in every channel, which hid a reversed mean."""
+    x = transforms.to_input(np.full((2, 3, 3), 100, np.uint8), mean=(10, 20, 30), scale=1.0)
+    assert x.shape == (1, 3, 2, 3)
+    np.testing.assert_array_equal(x[0, :, 0, 0], [90, 80, 70])
+
+
+def test_random_flip_is_a_fair_coin():
+    image, labels = np.arange(6, dtype=np.uint8).reshape(1, 2, 3), np.arange(2, dtype=np.uint8).reshape(1, 2)
+    rng = np.random.default_rng(0)
+    flipped = [transforms.random_flip(image, labels, rng)[1][0, 0] == 1 for _ in range(400)]
+    assert 0.4 < np.mean(flipped) < 0.6

@@ -24,3 +24,13 @@ def test_checks_refuse_what_would_make_them_meaningless():
         numerical_gradient(lambda: np.ones(2), np.ones(2, np.float32), np.ones(2))
     with pytest.raises(ValueError, match="a and b must have one shape"):
         relative_error(np.ones((3, 1)), np.ones((3, 4)))  # broadcasting would give 0
+
+
+def test_relative_error_is_the_worst_entry_and_scale_free():
+    """One entry opposite, the rest equal and tiny: 1, whichever argument comes first (not a
+    mean over entries, not signed, not an absolute error on small gradients). A weaker
+    measure would let every gradient check in the suite pass."""
+    a = np.array([1e-3, 2e-3, 0.0, 3e-4])
+    b = a.copy()
+    b[3] = -a[3]
+    assert relative_error(a, b) == 1.0 and relative_error(b, a) == 1.0

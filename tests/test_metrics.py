@@ -189,3 +189,13 @@ def test_confusion_rows_are_labels_and_a_mask_still_ignores_void():
     conf = metrics.confusion_matrix(pred, labels, 2)
     np.testing.assert_array_equal(conf, [[1, 1], [0, 1]])  # conf[t, p]
     np.testing.assert_array_equal(metrics.confusion_matrix(pred, labels, 2, mask=np.ones((1, 4), bool)), conf)
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_trimap_band_dilates_both_axes_around_one_small_object(width):
+    """Random maps are boundary almost everywhere; one pixel in a plain field shows the square."""
+    labels = np.zeros((11, 13), int)
+    labels[5, 6] = 1
+    band = metrics.trimap_band(labels, width)
+    np.testing.assert_array_equal(band, direct_band(labels, width))
+    assert band[5 - 1 - width, 6] and not band[5 - 2 - width, 6]  # reaches width rows above the edge pixels

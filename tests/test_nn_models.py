@@ -255,3 +255,20 @@ def test_nn_multiscale_ties_send_the_gradient_to_the_first_scale(rng):
         multi.backward(np.ones_like(y))
         grads.append(conv.weight.grad.copy())
     np.testing.assert_allclose(grads[0], grads[1], atol=1e-12)
+
+
+@pytest.mark.parametrize("output_stride, strides, rates", [(8, (1, 2, 1, 1), (1, 1, 2, 4)),
+                                                           (16, (1, 2, 2, 1), (1, 1, 1, 2)),
+                                                           (32, (1, 2, 2, 2), (1, 1, 1, 1))])
+def test_nn_resnet_trades_stride_for_rate_in_every_block(output_stride, strides, rates):
+    """§4: a converted stage drops its stride and runs *every* block at the stage's rate (the
+    tiny presets have one block per stage, which hid a rate given to the first block only)."""
+    net = nn.resnet((2, 2, 2, 2), width=2, output_stride=output_stride)
+    for i, (stride, rate) in enumerate(zip(strides, rates)):
+        for j, block in enumerate(getattr(net, f"layer{i + 1}")):
+            conv = block.conv2
+            assert (conv.stride, conv.rate, conv.padding) == (stride if j == 0 else 1, rate, (rate, rate)), (i, j)
+
+
+def test_nn_aspp_v3_rates():
+    assert nn.ASPP_V3 == (6, 12, 18)  # DeepLab-v3 at output stride 16

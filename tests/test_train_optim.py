@@ -155,3 +155,13 @@ def test_param_groups_find_the_classifier_of_every_head(head):
     names = {id(p): n for n, p in model.named_parameters()}
     assert {names[id(p)] for p in classifier["params"]} == expected
     assert len(backbone["params"]) + len(expected) == len(names)
+
+
+def test_param_groups_take_the_classifier_multiplier_and_skip_an_empty_group():
+    model = nn.deeplab("tiny-resnet-aspp", 3)
+    assert [g["lr_mult"] for g in param_groups(model, 0.0)] == [1.0, 0.0]  # a frozen classifier
+    assert [g["lr_mult"] for g in param_groups(model, 2.5)] == [1.0, 2.5]
+    backbone = nn.resnet((1, 1, 1, 1), width=2)  # no classifier anywhere: one group, which SGD takes
+    groups = param_groups(backbone)
+    assert [g["name"] for g in groups] == ["backbone"]
+    SGD(groups)

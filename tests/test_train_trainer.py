@@ -388,3 +388,8 @@ def test_load_model_returns_the_model_in_eval_mode(tmp_path):
     assert not any(m.training for m in model.modules())
     x = np.random.default_rng(0).standard_normal((1, 3, 33, 33)).astype(np.float32)
     assert np.array_equal(model.forward(x), model.forward(x))  # no dropout: segment is deterministic
+
+
+def test_trainer_gives_the_classifier_its_configured_multiplier():
+    t = Trainer(tiny(), SyntheticScenes(4, 40), config(classifier_lr_mult=3.0), 5, progress=False)
+    assert [g["lr_mult"] for g in t.optimizer.groups] == [1.0, 3.0]

@@ -251,3 +251,9 @@ def test_non_contiguous_inputs_give_the_contiguous_result(method, rng):
     for got, want in zip(atrous_conv2d_backward(dout, cache)[:2],
                          atrous_conv2d_backward(np.ascontiguousarray(dout), cache_c)[:2]):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_winograd_is_refused_for_gpu_arrays_without_a_gpu():
+    """unsupported() is pure: it can say that winograd has no GPU path on any machine."""
+    assert unsupported("winograd", (3, 3), 1, 1) is None
+    assert "on a GPU" in unsupported("winograd", (3, 3), 1, 1, gpu=True)

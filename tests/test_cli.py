@@ -234,3 +234,19 @@ def test_train_no_flip_reaches_the_checkpoint(tmp_path):
               "--checkpoint", str(tmp_path / "c.npz")])
     config = json.loads(str(np.load(tmp_path / "c.npz")["meta"]))["config"]
     assert config["flip"] is False and config["scale_range"] == [0.5, 1.5]
+
+
+def test_crf_logits_of_any_size(tmp_path, rng):
+    """Softmax is shift-invariant: logits of size 1000 (exp overflows float32) give the same labels."""
+    image, probs = tiny_pair(tmp_path, "a", rng)
+    np.save(tmp_path / "scores.npy", np.log(probs) + 1000.0)
+    assert cli.main(["crf", str(tmp_path / "a.png"), str(tmp_path / "scores.npy"), "-o", str(tmp_path / "out.png"),
+                     "--logits", *PARAMS]) == 0
+    np.testing.assert_array_equal(read_png(tmp_path / "out.png"), expected_labels(image, probs))
+
+
+def test_crf_refuses_more_classes_than_a_palette_holds(tmp_path, rng, capsys):
+    tiny_pair(tmp_path, "a", rng)
+    np.save(tmp_path / "many.npy", np.full((257, 10, 12), 1 / 257, np.float32))
+    err = run_error(capsys, ["crf", str(tmp_path / "a.png"), str(tmp_path / "many.npy"), "-o", str(tmp_path / "o.png")])
+    assert "257 classes; a palette PNG holds at most 256" in err

@@ -446,3 +446,21 @@ def test_probabilities_off_by_more_than_a_thousandth_are_refused(rng):
     crf.dense_crf(image, probs * 1.0009, iterations=1, w1=4.0, sigma_alpha=3.0, sigma_beta=5.0)
     with pytest.raises(ValueError, match="sum to 1"):
         crf.dense_crf(image, probs * 1.005, iterations=1, w1=4.0, sigma_alpha=3.0, sigma_beta=5.0)
+
+
+def test_sigmas_are_checked_against_the_largest_value_they_divide():
+    """σ = 1e-37 gives float32 features for a 1-pixel-wide span, but not for 47 pixels of
+    position or 255 of colour: refused, not turned into infinite features."""
+    crf.spatial_features((1, 2), 1e-37)  # the largest position is 1: 1e37 is a float32
+    with pytest.raises(ValueError, match="sigma_gamma must be large enough that 47 / sigma_gamma"):
+        crf.spatial_features((48, 48), 1e-37)
+    image = np.zeros((2, 2, 3), np.uint8)
+    with pytest.raises(ValueError, match="sigma_beta must be large enough that 255 / sigma_beta"):
+        crf.bilateral_features(image, 1.0, 1e-37)
+
+
+def test_slightly_negative_probabilities_are_refused():
+    probs = np.full((2, 2, 2), 0.5, np.float32)
+    probs[:, 0, 0] = [-1e-4, 1 + 1e-4]  # sums to 1, so only the sign can refuse it
+    with pytest.raises(ValueError, match="probs must be >= 0"):
+        crf.dense_crf(np.zeros((2, 2, 3), np.uint8), probs, w1=5.0, sigma_alpha=10.0, sigma_beta=10.0)

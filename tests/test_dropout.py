@@ -93,3 +93,13 @@ def test_cupy(channelwise):
     cp.testing.assert_array_equal(dropout_backward(x, cache), out)
     with pytest.raises(TypeError, match="rng must be a cupy"):
         dropout_forward(x, 0.5, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("channelwise", [False, True])
+def test_p0_returns_x_itself_and_draws_nothing(channelwise):
+    x = np.random.default_rng(1).standard_normal((2, 3, 4, 4))
+    g = np.random.default_rng(0)
+    before = g.bit_generator.state
+    out, cache = dropout_forward(x, 0.0, g, channelwise=channelwise)
+    assert out is x and cache[0] is None
+    assert g.bit_generator.state == before

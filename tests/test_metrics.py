@@ -199,3 +199,14 @@ def test_trimap_band_dilates_both_axes_around_one_small_object(width):
     band = metrics.trimap_band(labels, width)
     np.testing.assert_array_equal(band, direct_band(labels, width))
     assert band[5 - 1 - width, 6] and not band[5 - 2 - width, 6]  # reaches width rows above the edge pixels
+
+
+def test_an_all_ignored_image_counts_nothing():
+    labels = np.full((3, 4), 255, np.uint8)
+    conf = metrics.confusion_matrix(np.zeros((3, 4), np.uint8), labels, 3)
+    assert conf.shape == (3, 3) and conf.sum() == 0
+
+
+def test_negative_counts_are_refused():
+    with pytest.raises(ValueError, match="finite counts >= 0"):
+        metrics.class_iou(np.array([[2, -1], [0, 1]]))

@@ -269,3 +269,21 @@ def test_demo_report_takes_each_after_crf_number_from_the_crf_scores(tmp_path, m
     assert report["pixel_accuracy_before_crf"] != 0.32
     saved = json.loads((tmp_path / "report.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
     assert list(saved["class_iou_after_crf"].values()) == [0.1, 0.2, 0.3, 0.4, None]
+
+
+def test_viz_figures_hold_what_they_promise():
+    ex = {"image": np.zeros((8, 8, 3), np.uint8), "labels": np.zeros((8, 8), np.uint8),
+          "pred": np.ones((8, 8), np.uint8), "pred_crf": np.zeros((8, 8), np.uint8)}
+    fig = viz.comparison_grid([ex, ex])
+    assert [ax.get_title() for ax in fig.axes] == ["image", "ground truth", "before CRF", "after CRF"] + [""] * 4
+    loss = np.linspace(2.0, 0.1, 40)
+    history = {"iteration": list(range(1, 41)), "loss": loss.tolist(), "lr": [0.1] * 40,
+               "val": [{"iteration": 20, "miou": 0.5, "miou_crf": 0.6, "seconds": 60.0},
+                       {"iteration": 40, "miou": 0.7, "miou_crf": 0.8, "seconds": 120.0}]}
+    ax_loss, ax_lr, ax_val = viz.training_curves(history).axes[:3]
+    raw, smooth = ax_loss.get_lines()
+    np.testing.assert_allclose(smooth.get_ydata(), np.convolve(loss, np.ones(2) / 2, mode="valid"))  # k = 40 // 20
+    assert [line.get_label() for line in ax_val.get_lines()] == ["before CRF", "after CRF"]
+    assert [a.get_xlabel() for a in ax_val.child_axes] == ["minutes of training"]
+    both = viz.training_curves({"poly": history, "step": history})
+    assert [t.get_text() for t in both.axes[1].get_legend().get_texts()] == ["poly", "step"]

@@ -1,5 +1,7 @@
 """The trainer: it can overfit one batch, resumes bit for bit, and stops on a non-finite loss."""
 import json
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -393,3 +395,87 @@ def test_load_model_returns_the_model_in_eval_mode(tmp_path):
 def test_trainer_gives_the_classifier_its_configured_multiplier():
     t = Trainer(tiny(), SyntheticScenes(4, 40), config(classifier_lr_mult=3.0), 5, progress=False)
     assert [g["lr_mult"] for g in t.optimizer.groups] == [1.0, 3.0]
+
+
+def test_training_time_adds_up_the_steps_and_is_recorded_with_each_validation(monkeypatch):
+    """train_seconds sums the time of every train_step (validation excluded) and each history
+    entry of validation records the training time so far."""
+    from minilab.train import trainer
+    ticks = iter(range(1000))
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    t = Trainer(tiny(), SyntheticScenes(4, 40), config(iterations=4, val_every=2), 5,
+                val_set=SyntheticScenes(1, 33), progress=False)
+    t.fit()
+    assert t.train_seconds == 4.0  # one tick per step
+    assert [v["seconds"] for v in t.history["val"]] == [2.0, 4.0]
+
+
+def test_an_update_that_makes_the_weights_non_finite_stops_training(tmp_path):
+    """A finite loss whose update overflows a weight stops training at once, even on the last
+    iteration, and writes no checkpoint of the broken weights."""
+    path = tmp_path / "c.npz"
+    t = Trainer(tiny(), SyntheticScenes(4, 40), config(iterations=1, base_lr=1e38), 5, checkpoint=path,
+                progress=False)
+    with pytest.raises(TrainingDiverged, match="an update made the weights non-finite at iteration 0"), \
+            np.errstate(over="ignore", invalid="ignore"):
+        t.fit()
+    assert not path.exists()
+
+
+def test_an_infinite_loss_stops_training_too(monkeypatch):
+    """The check is on finiteness, not NaN alone: an infinite loss stops training before any update."""
+    from minilab.train import trainer
+    forward = trainer.softmax_cross_entropy_forward
+
+    def infinite(logits, labels, ignore_index=255):
+        loss, cache = forward(logits, labels, ignore_index)
+        return np.float32(np.inf), cache
+
+    monkeypatch.setattr(trainer, "softmax_cross_entropy_forward", infinite)
+    t = Trainer(tiny(), SyntheticScenes(4, 40), config(), 5, progress=False)
+    before = {k: v.copy() for k, v in t.model.state_dict().items()}
+    with pytest.raises(TrainingDiverged, match="loss became inf at iteration 0"):
+        t.fit()
+    assert all(np.array_equal(before[k], v) for k, v in t.model.state_dict().items())
+
+
+def test_a_save_elsewhere_is_not_the_last_good_checkpoint(tmp_path):
+    """Only writing the trainer's own checkpoint makes it the one a divergence names."""
+    t = Trainer(tiny(), SyntheticScenes(10, 40), config(), 5, checkpoint=tmp_path / "c.npz", progress=False)
+    t.save(tmp_path / "copy.npz")
+    t.model.backbone.features.layers[0].weight.data[0, 0, 0, 0] = np.nan
+    with pytest.raises(TrainingDiverged, match="this run wrote no checkpoint yet"), np.errstate(invalid="ignore"):
+        t.fit()
+
+
+def test_specs_with_keys_json_would_change_are_refused():
+    """JSON turns the key 1 into "1": a spec that would not read back as written is refused."""
+    with pytest.raises(TypeError, match="must have str keys"):
+        model_spec("deeplab_vgg16", 5, extra={1: "a"})
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc (a folder no one can write to)")
+def test_a_folder_that_takes_no_files_is_refused_before_training():
+    """Even for root, who passes permission checks: the folder must actually take a new file."""
+    with pytest.raises(ValueError, match=r"checkpoint /proc/c.npz cannot be written"):
+        Trainer(tiny(), SyntheticScenes(4, 33), config(), 5, checkpoint="/proc/c.npz", progress=False)
+
+
+def test_a_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from minilab.train import checkpoint
+
+    def broken(f, **arrays):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.np, "savez", broken)
+    t = Trainer(tiny(), SyntheticScenes(4, 33), config(iterations=1), 5, checkpoint=tmp_path / "c.npz",
+                progress=False)
+    with pytest.raises(OSError, match="disk full"):
+        t.fit()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_val_every_without_a_validation_set_just_trains():
+    t = Trainer(tiny(), SyntheticScenes(4, 40), config(iterations=2, val_every=1), 5, progress=False)
+    assert t.fit()["val"] == [] and t.iteration == 2

@@ -29,11 +29,17 @@ try:  # optional: numba-cuda (or Numba's built-in copy); also provides the simul
 except ImportError:  # pragma: no cover - depends on the machine
     cuda = None
 
+try:  # what numba-cuda launches kernels with (see launch)
+    import cuda.core as _core
+except ImportError:  # pragma: no cover - depends on the machine
+    _core = None
+
 DEVICES = ("cpu", "gpu", "auto")
 THREADS = 128  # threads per block of a one-dimensional launch
 _warned_fallback = False
-_streams = {}  # CuPy stream pointer -> the Numba object for that stream
-_views = {}  # (device, address, shape, strides, dtype) -> Numba view, see numba_view
+_configs = {}  # (grid, block) -> cuda.core launch configuration, see launch
+_streams = {}  # CuPy stream pointer -> cuda.core's object for that stream
+_kernels = {}  # (kernel, argument types) -> compiled kernel, see launch
 
 
 def cudasim():
@@ -110,41 +116,21 @@ def to_numpy(x):
     return cupy.asnumpy(x) if is_gpu_array(x) else np.asarray(x)
 
 
-def numba_view(x):
-    """A Numba device array viewing the CuPy array ``x`` (anything else is returned as it is).
-
-    Handed a CuPy array, Numba reads its ``__cuda_array_interface__``, which names CuPy's
-    current stream, and synchronises that stream first: the host waits for every kernel
-    queued so far, at every launch, and can never run ahead of the GPU. The view made here
-    leaves the stream out, so nothing waits; :func:`launch` keeps the order instead by
-    queueing on CuPy's stream.
-
-    A view is only an address, a shape, strides and a dtype, without a reference to the
-    memory's owner, so views are kept by those and reused: making one cost 10.8 µs on an
-    NVIDIA H100, finding a kept one 0.6 µs on an H200 (numba-cuda 0.30). Memory freed and
-    handed to a new array of the same layout is seen correctly through the same view; the
-    caller keeps ``x`` alive while its kernels are queued, as for any CuPy array.
-    """
-    if not is_gpu_array(x):
-        return x
-    key = (x.device.id, x.data.ptr, x.shape, x.strides, x.dtype.char)
-    view = _views.get(key)
-    if view is None:
-        if len(_views) >= 4096:
-            _views.clear()
-        interface = dict(x.__cuda_array_interface__, stream=None)
-        view = _views[key] = cuda.from_cuda_array_interface(interface, owner=None, sync=False)
-    return view
-
-
 def launch(kernel, threads, *args):
     """Queue the Numba CUDA ``kernel`` with ``args`` on CuPy's current stream, after the work
-    CuPy has queued there and without waiting for it (:func:`numba_view`).
+    CuPy has queued there and without waiting for it.
 
     ``threads`` is the number of threads, one per element, in blocks of :data:`THREADS`, or a
     ``(grid, block)`` pair. Where there are no threads or no blocks (0 threads, a grid with a
     0 in it) nothing is launched, as CUDA refuses a grid of no blocks. Under the simulator
-    the arguments are NumPy arrays and pass through.
+    the arguments are NumPy arrays and pass through to Numba.
+
+    On a GPU the kernel Numba compiled for these argument types is launched here, with the
+    parameters Numba would pass (for an array: two null pointers, its size, item size,
+    address, shape and strides in bytes; a number as it is), not through Numba's own
+    launch: that one prepares every argument in Python, about 40 µs a launch with three
+    arrays and 80 µs with eight on an NVIDIA H200's host (numba-cuda 0.30), which bounds a
+    small network, and handed CuPy arrays it also waits for CuPy's stream first.
     """
     if isinstance(threads, (int, np.integer)):
         grid, block = (int(threads) + THREADS - 1) // THREADS, THREADS
@@ -152,9 +138,37 @@ def launch(kernel, threads, *args):
         grid, block = threads
     if 0 in (grid if isinstance(grid, tuple) else (grid,)):
         return
-    stream = 0  # the default stream, which is CuPy's null stream
-    if cupy is not None and not cudasim():
-        pointer = cupy.cuda.get_current_stream().ptr
-        if pointer:
-            stream = _streams.get(pointer) or _streams.setdefault(pointer, cuda.external_stream(pointer))
-    kernel[grid, block, stream](*(numba_view(a) for a in args))
+    if not any(is_gpu_array(a) for a in args):  # the simulator's NumPy arrays
+        kernel[grid, block](*args)
+        return
+    if _core is None:
+        raise RuntimeError("launching Numba kernels on CuPy arrays needs numba-cuda >= 0.30 "
+                           "(pip install 'minilab[gpu]')")
+    params = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            raise TypeError("backend.launch takes CuPy arrays on the GPU, got a NumPy array")
+        if is_gpu_array(a):
+            params += (0, 0, a.size, a.itemsize, a.data.ptr, *a.shape, *a.strides)
+        else:
+            params.append(a)
+    config = _configs.get((grid, block))
+    if config is None:
+        config = _configs[grid, block] = _core.LaunchConfig(grid=grid, block=block)
+    pointer = cupy.cuda.get_current_stream().ptr
+    stream = _streams.get(pointer)
+    if stream is None:
+        stream = _streams[pointer] = _core.Stream.from_handle(pointer)
+    _core.launch(stream, config, _compiled(kernel, args), *params)
+
+
+def _compiled(kernel, args):
+    """The compiled ``kernel`` (a ``cuda.core`` kernel) for the Numba types of ``args``, which
+    an array's dtype, dimensions and contiguity decide, and a number's Python type."""
+    key = (kernel, *((a.dtype.char, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous)
+                     if is_gpu_array(a) else type(a) for a in args))
+    found = _kernels.get(key)
+    if found is None:
+        types = tuple(kernel.typeof_pyval(a) for a in args)
+        found = _kernels[key] = kernel.compile(types)._codelibrary.get_cufunc().kernel
+    return found

@@ -54,6 +54,34 @@ def test_launch_keeps_the_order_of_cupy_work_on_the_current_stream():
                 np.testing.assert_array_equal(cp.asnumpy(a), expected)  # asnumpy waits for the stream
 
 
+@pytest.mark.gpu
+def test_launch_passes_arrays_of_any_layout_and_numbers_of_any_type():
+    """launch packs the parameters itself: strided, transposed and reversed views, 0-d
+    arrays, and Python and NumPy numbers (int64, int32, float64, float32, bool) reach the
+    kernel with their values, and one compiled kernel serves arrays of the same type
+    whatever their shapes and strides."""
+    cp, cuda = backend.cupy, backend.cuda
+
+    @cuda.jit
+    def affine(x, scale, shift, flag, offset, out):
+        i, j = cuda.grid(2)
+        if i < out.shape[0] and j < out.shape[1]:
+            out[i, j] = x[i, j] * scale + shift + offset[()] if flag else -1
+
+    rng = np.random.default_rng(0)
+    base = cp.asarray(rng.standard_normal((9, 14)))
+    for x in (base, base[1::2, ::3], base.T, base[::-1, ::-2], base[:, 3:4]):
+        for scale, shift, flag in ((2, 0.5, True), (np.int32(-3), np.float32(0.25), np.bool_(True)),
+                                   (np.int64(5), 1.5, False)):
+            out = cp.full(x.shape, np.nan)
+            offset = cp.asarray(np.float64(0.125))
+            backend.launch(affine, ((2, 2), (8, 8)), x, scale, shift, flag, offset, out)
+            expected = cp.asnumpy(x) * float(scale) + float(shift) + 0.125 if flag else np.full(x.shape, -1.0)
+            np.testing.assert_allclose(cp.asnumpy(out), expected, rtol=1e-6)
+    with pytest.raises(TypeError, match="NumPy"):
+        backend.launch(affine, ((1, 1), (8, 8)), base, 1, 0.0, True, np.zeros(()), out)
+
+
 def test_resolve_device():
     assert backend.resolve_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="device"):

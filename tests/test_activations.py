@@ -135,3 +135,26 @@ def test_cupy_matches_numpy(name, rng):
     np.testing.assert_allclose(cp.asnumpy(gout), out, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(cp.asnumpy(backward(cp.asarray(dout), gcache)), backward(dout, cache),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_relu_backward_on_the_gpu_takes_any_layout_and_keeps_infinities_out():
+    """The CUDA kernel's masked copy: a transposed dout, and dout = inf where x <= 0 gives 0."""
+    cp = backend.cupy
+    x = cp.asarray(np.random.default_rng(1).standard_normal((2, 3, 5, 4)))
+    out, cache = relu_forward(x)
+    dout = cp.asarray(np.random.default_rng(2).standard_normal((2, 4, 5, 3))).transpose(0, 3, 2, 1)
+    np.testing.assert_array_equal(cp.asnumpy(relu_backward(dout, cache)), np.where(cp.asnumpy(x) > 0, cp.asnumpy(dout), 0))
+    with validate.finite_scans_off():
+        dx = relu_backward(cp.full(x.shape, cp.inf), cache)
+    np.testing.assert_array_equal(cp.asnumpy(dx), np.where(cp.asnumpy(x) > 0, np.inf, 0))
+
+
+@pytest.mark.cudasim
+def test_relu_backward_cuda_kernel_is_the_masked_copy(rng):
+    from minilab.ops import activations
+    out = np.maximum(rng.standard_normal(300), 0).astype(np.float32)
+    dout = rng.standard_normal(300).astype(np.float32)
+    dx = np.full(300, np.nan, np.float32)
+    backend.launch(activations._relu_backward_gpu, dx.size, dout, out, dx)
+    np.testing.assert_array_equal(dx, np.where(out > 0, dout, 0))

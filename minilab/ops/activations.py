@@ -18,6 +18,8 @@ from numba import njit, prange
 from .. import backend, validate
 from ._checks import upstream_gradient
 
+cuda = backend.cuda
+
 
 def relu_forward(x):
     """``out = max(x, 0)`` element-wise (on the CPU a parallel Numba loop: 0.9 ms on a
@@ -48,15 +50,20 @@ def relu_backward(dout, cache):
 
     A masked copy, not ``dout * (x > 0)``, so a non-finite ``dout`` where ``x <= 0`` still
     gives 0, as in PyTorch. On the CPU a parallel Numba loop: ``numpy.where`` with a scalar
-    took 27 ms on a 64×321×321 map, this loop 2 ms.
+    took 27 ms on a 64×321×321 map, this loop 2 ms. On the GPU the same loop as a Numba CUDA
+    kernel, one launch where ``cupy.where(out > 0, dout, 0)`` makes two.
     """
     out = cache
     upstream_gradient(dout, out.shape, out.dtype)
     xp = backend.array_module(dout, out)
-    if xp is not np:
+    if xp is not np and cuda is None:  # CuPy without numba-cuda
         return xp.where(out > 0, dout, 0)
-    dx = np.empty(out.shape, out.dtype)
-    _relu_backward_cpu(np.ascontiguousarray(dout).reshape(-1), np.ascontiguousarray(out).reshape(-1), dx.reshape(-1))
+    dx = xp.empty(out.shape, out.dtype)
+    flat = (xp.ascontiguousarray(dout).reshape(-1), xp.ascontiguousarray(out).reshape(-1), dx.reshape(-1))
+    if xp is np:
+        _relu_backward_cpu(*flat)
+    else:
+        backend.launch(_relu_backward_gpu, dx.size, *flat)
     return dx
 
 
@@ -70,6 +77,14 @@ def _relu_cpu(x, out):
 def _relu_backward_cpu(dout, out, dx):
     for i in prange(dx.size):
         dx[i] = dout[i] if out[i] > 0 else 0
+
+
+if cuda is not None:
+    @cuda.jit
+    def _relu_backward_gpu(dout, out, dx):
+        i = cuda.grid(1)
+        if i < dx.size:
+            dx[i] = dout[i] if out[i] > 0 else 0
 
 
 def softmax_forward(x):

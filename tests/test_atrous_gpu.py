@@ -49,21 +49,22 @@ def test_cuda_im2col_and_col2im_match_njit(rate, stride, r0, r1, rng):
 
 
 @pytest.mark.cudasim
-@pytest.mark.parametrize("k, rate, stride, padding", [(3, 1, 1, (1, 1)), (3, 4, 1, (4, 2)), (3, 2, 2, (3, 0)),
-                                                      (1, 1, 1, (0, 0)), (2, 5, 3, (6, 1))])
-def test_cuda_tap_kernels_match_the_slices(k, rate, stride, padding, rng, monkeypatch):
+@pytest.mark.parametrize("k, rate, stride, padding, width", [
+    (3, 1, 1, (1, 1), 8), (3, 4, 1, (4, 2), 8), (3, 2, 2, (3, 0), 8), (1, 1, 1, (0, 0), 8), (2, 5, 3, (6, 1), 8),
+    (3, 2, 1, (2, 3), 37), (2, 3, 2, (1, 2), 70)])  # rows wider than the gather's 32 threads
+def test_cuda_tap_kernels_match_the_slices(k, rate, stride, padding, width, rng, monkeypatch):
     """The shifted method's GPU kernels add (forward) and gather (backward) exactly what its
     NumPy slices do, on tap groups of one and of several tap rows (some reading only padding)."""
-    x = rng.standard_normal((1, 2, 9, 8))
+    x = rng.standard_normal((1, 2, 9, width))
     for block in (2**20, 1):  # one group holding every tap row; one tap row per group
         monkeypatch.setitem(atrous._BLOCK_BYTES, "cpu", block)
-        ho, wo = atrous._out_size((1, 2, 9 + 2 * padding[0], 8 + 2 * padding[1]), (3, 2, k, k), rate, stride)
+        ho, wo = atrous._out_size((1, 2, 9 + 2 * padding[0], width + 2 * padding[1]), (3, 2, k, k), rate, stride)
         rows = atrous._tap_ranges(rate, stride, padding[0], k, 9, ho)
-        cols = atrous._tap_ranges(rate, stride, padding[1], k, 8, wo)
+        cols = atrous._tap_ranges(rate, stride, padding[1], k, width, wo)
         groups = atrous._tap_groups(x, (3, 2, k, k), rows)
         assert groups
         for u0, u1, a0, a1 in groups:
-            z = rng.standard_normal((u1 - u0, k, 3, a1 - a0, 8))
+            z = rng.standard_normal((u1 - u0, k, 3, a1 - a0, width))
             start = rng.standard_normal((3, ho, wo))
             y_cpu, y_gpu = start.copy(), start.copy()
             atrous._add_taps(z, y_cpu, u0, a0, rows, cols, stride)
@@ -72,7 +73,7 @@ def test_cuda_tap_kernels_match_the_slices(k, rate, stride, padding, rng, monkey
             dy = rng.standard_normal((3, ho, wo))
             d_cpu, d_gpu = np.full_like(z, np.nan), np.full_like(z, np.nan)
             atrous._gather_taps(dy, u0, a0, rows, cols, stride, d_cpu)
-            backend.launch(atrous._gather_taps_kernel, d_gpu.size, dy, u0, a0, rate, stride, *padding, d_gpu)
+            atrous._gather_taps_cuda(dy, u0, a0, rate, stride, padding, d_gpu)
             np.testing.assert_array_equal(d_gpu, d_cpu)
             assert np.count_nonzero(d_cpu) > 0
 

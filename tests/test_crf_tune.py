@@ -116,3 +116,32 @@ def test_fine_steps_halve_each_round(monkeypatch):
                                    progress=False)
     second = {tuple(row[n] for n in tune.NAMES) for row in table if row["stage"] == "fine 2"}
     assert (4.5, 4.5, 4.5) in second and (5.0, 5.0, 5.0) not in second
+
+
+def test_a_repeated_grid_value_is_scored_once(monkeypatch):
+    """A grid that names a value twice (by hand, or 0.1·3 and 0.3) is one setting: scoring it again
+    would double the CRF runs of the search and put the row in the table twice."""
+    calls = []
+    monkeypatch.setattr(tune, "score", lambda samples, **p: calls.append(p) or 0.5)
+    grid = dict(w1=(3.0, 4.0, 3.0), sigma_alpha=(2.0, 2.0), sigma_beta=(5.0, 0.1 * 3, 0.3))
+    table = tune.grid_search([None], grid, progress=False)
+    assert [key(p) for p in calls] == [(3.0, 2.0, 5.0), (3.0, 2.0, 0.3), (4.0, 2.0, 5.0), (4.0, 2.0, 0.3)]
+    assert [key(r) for r in table] == [key(p) for p in calls]
+
+
+def test_a_fine_value_of_exactly_0_is_dropped(monkeypatch):
+    """best − step lands exactly on 0 (1 − 1, 0.3 − 0.3): the CRF divides by σα and σβ and a zero
+    w1 switches its kernel off, so the fine round keeps only positive values, 0 not among them."""
+    scored = []
+
+    def fake_score(samples, **p):
+        scored.append(key(p))
+        return -sum(abs(p[n] - 1.0) for n in tune.NAMES)
+
+    monkeypatch.setattr(tune, "score", fake_score)
+    _, table = tune.cross_validate([None], coarse=dict(w1=(1.0,), sigma_alpha=(0.3,), sigma_beta=(2.5,)),
+                                   fine_steps=dict(w1=1.0, sigma_alpha=0.3, sigma_beta=2.5), rounds=1,
+                                   progress=False)
+    assert all(v > 0 for s in scored for v in s)
+    fine = {key(r) for r in table if r["stage"] == "fine 1"}
+    assert fine == set(itertools.product((1.0, 2.0), (0.3, 0.6), (2.5, 5.0))) - {(1.0, 0.3, 2.5)}

@@ -262,6 +262,36 @@ def test_digits_do_not_overlap(monkeypatch):
     assert placed > 60  # crowded scenes drop a digit now and then, not usually
 
 
+def test_digit_sides_span_both_ends_of_the_scale_range(monkeypatch):
+    """scale_range is (smallest, largest) side, both included: an off-by-one in the draw would never
+    make the largest (or the smallest) digits, and training would never see that scale."""
+    pytest.importorskip("sklearn")
+    from minilab.data import digits
+
+    sides = []
+    ink = digits.digit_ink
+    monkeypatch.setattr(digits, "digit_ink", lambda digit, side: sides.append(side) or ink(digit, side))
+    scenes = data.DigitScenes(20, 33, scale_range=(8, 10))
+    for i in range(len(scenes)):
+        scenes[i]
+    assert set(sides) == {8, 9, 10}
+    assert data.DigitScenes(1).scale_range == (32, 64)  # the default on 129-pixel scenes (docs/digits.md)
+
+
+def test_digit_ink_is_upscaled_bilinearly():
+    """Nearest-neighbour upscaling would give blocky digits whose block means still follow the scan
+    (test_digit_labels_follow_the_ink): compare with an explicit bilinear resize (half-pixel centres,
+    edges clamped), to within the 8-bit rounding of the image it goes through."""
+    pytest.importorskip("sklearn")
+    from minilab.data.digits import digit_ink, load_digit_images
+    from minilab.ops.interp import interpolation_matrix
+    digits, _ = load_digit_images()
+    for k, side in ((3, 24), (0, 13), (7, 64)):
+        source = np.round(digits[k] * 255) / 255
+        a = interpolation_matrix(side, 8, align_corners=False)
+        np.testing.assert_allclose(digit_ink(digits[k], side), a @ source @ a.T, rtol=0, atol=1.01 / 255)
+
+
 def test_digit_scenes_without_scikit_learn(monkeypatch):
     import builtins
     real_import = builtins.__import__

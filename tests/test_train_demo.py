@@ -144,6 +144,59 @@ def test_resume_keeps_the_checkpoints_normalisation_and_eval_takes_a_partial_dat
     assert "before CRF: mIoU" in capsys.readouterr().out
 
 
+def test_a_fresh_run_over_an_old_checkpoint_takes_todays_normalisation(tmp_path):
+    """Only --resume reads the checkpoint's mean and input_scale: a run started afresh over an older
+    checkpoint (VOC mean, scale 1) that took them would feed the new model raw 0-255 inputs."""
+    images, masks = scene_folder(tmp_path)
+    run = ["train", "--data", "folder", "--images", str(images), "--masks", str(masks), "--num-classes", "5",
+           "--batch-size", "2", "--crop-size", "41", "--iterations", "2", "--checkpoint", str(tmp_path / "f.npz")]
+    cli.main(run)
+    rewrite_meta(tmp_path / "f.npz", lambda meta: meta["config"].update(mean=[122.675, 116.669, 104.008],
+                                                                         input_scale=1.0))
+    cli.main(run)  # no --resume: a new run that overwrites the file
+    config = json.loads(str(np.load(tmp_path / "f.npz")["meta"]))["config"]
+    assert config["mean"] == [128.0] * 3 and config["input_scale"] == 1 / 64
+
+
+def test_demo_settings_are_the_documented_ones(tmp_path, monkeypatch):
+    """docs/training.md and docs/digits.md quote these (3000 iterations of batch 4 on whole 113×113
+    scenes, lr 0.01 under poly, momentum 0.9, the classifier at 10×, a 1/8-width VGG backbone with one
+    convolution per stage and ASPP rates 1-4, 32 wide: 140 thousand parameters, 5 classes; the CRF's
+    w1 5, σα 10, σβ 10 in the CLI's help): a silently changed one would leave the published scores
+    unreproducible and no test failing."""
+    from minilab.train import build_model, demo, model_spec
+    config = demo.demo_config()
+    assert (config.iterations, config.batch_size, config.crop_size, config.base_lr, config.policy) == (
+        3000, 4, 113, 0.01, "poly")
+    assert (config.power, config.momentum, config.weight_decay, config.classifier_lr_mult) == (0.9, 0.9, 5e-4, 10.0)
+    assert config.scale_range is None and config.flip is True and config.seed == 0  # whole scenes, flipped
+    assert config.mean == (128.0,) * 3 and config.input_scale == 1 / 64
+    assert (demo.DEMO_ITERATIONS, demo.DEMO_SIZE) == (3000, 113)
+    assert {k: demo.DEMO_MODEL[k] for k in ("width", "depth", "rates", "hidden")} == dict(  # docs/training.md
+        width=0.125, depth=(1, 1, 1, 1, 1), rates=(1, 2, 3, 4), hidden=32)
+    assert {k: demo.DEMO_CRF[k] for k in ("w1", "sigma_alpha", "sigma_beta")} == dict(w1=5.0, sigma_alpha=10.0,
+                                                                                     sigma_beta=10.0)
+    model = build_model(model_spec("deeplab_vgg16", 5, **demo.DEMO_MODEL))
+    assert round(sum(p.data.size for p in model.parameters()), -4) == 140_000
+    other = demo.demo_config(7, seed=3, crop_size=41)
+    assert (other.iterations, other.seed, other.crop_size, other.batch_size) == (7, 3, 41, 4)
+    args = cli.build_parser().parse_args(["demo"])
+    assert (args.iterations, args.test_images, args.size, args.seed) == (3000, 60, 113, 0)
+
+    class Stop(Exception):
+        pass
+
+    def stop(model, train_set, config, num_classes, **kwargs):  # run_demo trains with these settings
+        raise Stop(config, num_classes, kwargs["model_spec"])
+
+    monkeypatch.setattr(demo, "Trainer", stop)
+    with pytest.raises(Stop) as info:
+        demo.run_demo(tmp_path, iterations=5, size=41, seed=2, progress=False, log=lambda *a: None)
+    used, num_classes, spec = info.value.args
+    assert used == demo.demo_config(5, 2, crop_size=41) and num_classes == 5
+    assert spec == model_spec("deeplab_vgg16", 5, seed=2, **demo.DEMO_MODEL)
+
+
 def test_eval_json_writes_null_for_absent_classes():
     assert json_ready({"miou": 0.5, "class_iou": [1.0, float("nan")]}) == {"miou": 0.5, "class_iou": [1.0, None]}
 

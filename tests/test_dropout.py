@@ -3,7 +3,7 @@ rng, identity in eval, gradient checks, bad inputs."""
 import numpy as np
 import pytest
 
-from minilab import backend
+from minilab import backend, nn
 from minilab.gradcheck import numerical_gradient, relative_error
 from minilab.ops.dropout import dropout_backward, dropout_forward
 
@@ -80,6 +80,17 @@ def test_bad_inputs(rng):
     _, cache = dropout_forward(x, 0.5, g)
     with pytest.raises(ValueError, match="dout must have the forward output's shape"):
         dropout_backward(x[:1], cache)
+
+
+@pytest.mark.parametrize("p", [True, False])
+def test_p_must_not_be_a_bool(p, rng):
+    """A bool is no drop probability (``dropout=True`` meant as "on" would silently drop
+    everything, ``False`` nothing): dropout_forward and Dropout2d refuse it, naming p."""
+    x = rng.standard_normal((2, 3, 4, 4))
+    with pytest.raises(TypeError, match="p must be a real number, got (True|False)"):
+        dropout_forward(x, p, np.random.default_rng(0))
+    with pytest.raises(TypeError, match="p must be a real number, got (True|False)"):
+        nn.Dropout2d(p)
 
 
 @pytest.mark.gpu

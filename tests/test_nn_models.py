@@ -119,6 +119,21 @@ def test_nn_predict_upsamples_to_the_input(rng):
     assert nn.MultiScale(model).predict(x).shape == (1, 4, 65, 65)
 
 
+def test_nn_predict_upsamples_a_non_square_input_to_its_height_and_width(rng):
+    """predict brings the scores to the input's (H, W) with H != W: taking W for H (or H
+    twice) would give the wrong shape, or a map that is not the scores on the ×8 grid."""
+    model = nn.deeplab("tiny-resnet-aspp", num_classes=4, seed=0).eval()
+    x = rng.standard_normal((1, 3, 65, 41)).astype(np.float32)
+    scores = model.forward(x)
+    assert scores.shape == (1, 4, 9, 6)
+    full = model.predict(x)
+    assert full.shape == (1, 4, 65, 41)
+    np.testing.assert_allclose(full[:, :, ::8, ::8], scores, rtol=1e-5, atol=1e-6)
+    tall = model.predict(np.ascontiguousarray(x.transpose(0, 1, 3, 2)))
+    assert tall.shape == (1, 4, 41, 65)
+    assert nn.MultiScale(model, scales=(0.5, 1.0)).predict(x).shape == (1, 4, 65, 41)
+
+
 def test_nn_output_stride_and_shapes():
     vgg = nn.deeplab("tiny-vgg-largefov", num_classes=2)
     assert nn.output_stride(vgg) == 8
@@ -272,3 +287,47 @@ def test_nn_resnet_trades_stride_for_rate_in_every_block(output_stride, strides,
 
 def test_nn_aspp_v3_rates():
     assert nn.ASPP_V3 == (6, 12, 18)  # DeepLab-v3 at output stride 16
+
+
+def test_nn_paper_presets_hold_the_paper_numbers():
+    """The paper's presets (built full size, not run): VGG-16's 13 convolutions of 64-512
+    channels with conv5 at rate 2 and pools of strides 2, 2, 2, 1, 1; fc6 3×3, 1024 wide at
+    rate 12 (LargeFOV) or ASPP-S/-L's rates; ResNet-101/-50's (3, 4, 23/6, 3) bottlenecks
+    of 64·2^i planes, layer3/4 at rates 2/4; output stride 8. The parameter counts are
+    torchvision's vgg16 features (14,714,688), resnet101 (44,549,160) and resnet50
+    (25,557,032) less their 1000-class fc (2,049,000)."""
+    def count(module):
+        return sum(p.data.size for p in module.parameters())
+
+    for preset, rates in (("vgg16-largefov", (12,)), ("vgg16-aspp-s", (2, 4, 8, 12)),
+                          ("vgg16-aspp-l", (6, 12, 18, 24))):
+        model = nn.deeplab(preset)
+        convs = [m for m in model.backbone.features if isinstance(m, nn.Conv2d)]
+        assert [c.weight.shape[0] for c in convs] == [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6
+        assert [c.rate for c in convs] == [1] * 10 + [2] * 3
+        assert [m.stride for m in model.backbone.features if isinstance(m, nn.MaxPool2d)] == [2, 2, 2, 1, 1]
+        assert count(model.backbone) == 14_714_688
+        assert model.head.rates == rates and nn.output_stride(model) == 8
+        for branch, rate in zip(model.head.branches, rates):
+            assert (branch.fc6.weight.shape, branch.fc6.rate, branch.fc6.padding) == ((1024, 512, 3, 3), rate,
+                                                                                       (rate, rate))
+            assert branch.fc7.weight.shape == (1024, 1024, 1, 1) and branch.fc8.weight.shape == (21, 1024, 1, 1)
+            assert branch.drop6.p == branch.drop7.p == 0.5
+        assert count(model.head) == len(rates) * (512 * 9 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 21 + 21)
+    assert round(count(nn.deeplab("vgg16-largefov")) / 1e6, 1) == 20.5  # Table 1's DeepLab-LargeFOV
+
+    for preset, blocks, params in (("resnet101-aspp-l", (3, 4, 23, 3), 44_549_160 - 2_049_000),
+                                   ("resnet50-aspp-l", (3, 4, 6, 3), 25_557_032 - 2_049_000)):
+        model = nn.deeplab(preset)
+        net = model.backbone
+        assert net.conv1.weight.shape == (64, 3, 7, 7) and net.out_channels == 2048
+        for i, (n, planes, rate) in enumerate(zip(blocks, (64, 128, 256, 512), (1, 1, 2, 4))):
+            stage = list(getattr(net, f"layer{i + 1}"))
+            assert len(stage) == n, preset
+            assert all(b.conv2.weight.shape[0] == planes and b.conv2.rate == rate for b in stage), (preset, i)
+            assert stage[-1].conv3.weight.shape[0] == 4 * planes
+        assert count(net) == params, preset
+        assert nn.output_stride(model) == 8
+        assert model.head.rates == (6, 12, 18, 24)
+        for branch in model.head.branches:  # DeepLab-v2's ResNet head: fc6 straight to the classes
+            assert branch.fc6.weight.shape == (21, 2048, 3, 3) and not hasattr(branch, "fc7")

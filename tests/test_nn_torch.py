@@ -77,3 +77,93 @@ def test_nn_torch_weights_load_into_minilab(rng, tmp_path):
     x = rng.standard_normal((1, 3, 41, 41)).astype(np.float32)
     with torch.no_grad():
         np.testing.assert_allclose(model.forward(x), twin(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_nn_torch_twin_copies_batch_norm_momentum_and_eps(rng):
+    """The twin takes each batch norm's momentum and eps from the minilab layer: with
+    torch's defaults (0.1, 1e-5) the running statistics would move by other amounts (and
+    the outputs differ) once the minilab layers use others."""
+    model = v3_model()
+    layers = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert layers and not any(m.frozen for m in layers)
+    for m in layers:
+        m.eps, m.momentum = 1e-2, 0.7
+    twin = twin_of(model)
+    x = rng.standard_normal((3, 3, 41, 33))
+    y = model.forward(x)
+    with torch.no_grad():
+        ty = twin(torch.from_numpy(x))
+    np.testing.assert_allclose(y, ty.numpy(), rtol=1e-9, atol=1e-10)
+    state = twin.state_dict()
+    for name, value in model.state_dict().items():
+        if name.endswith(("running_mean", "running_var")):
+            assert not np.allclose(value, 0 if name.endswith("mean") else 1), name  # they did move
+            np.testing.assert_allclose(value, state[name].numpy(), rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_nn_torch_twin_frozen_batch_norm_stays_frozen_after_train(rng):
+    """A frozen minilab batch norm becomes a twin layer that stays on its running
+    statistics when the twin is put back in training mode (``twin.train()``, as a training
+    loop does after a validation): were it to switch to batch statistics, the outputs would
+    differ and its running statistics would move. The unfrozen head beside it does train."""
+    backbone = nn.resnet((1, 1, 1, 1), width=8, frozen_bn=True, rng=11, dtype=np.float64)
+    head = nn.ASPPv3(backbone.out_channels, 5, rates=(2, 4), width=8, dropout=0.0, rng=12, dtype=np.float64)
+    model = nn.DeepLab(backbone, head)
+    g = np.random.default_rng(3)
+    for m in backbone.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean[:] = g.standard_normal(m.running_mean.shape)
+            m.running_var[:] = g.uniform(0.5, 2, m.running_var.shape)
+    before = {k: np.array(v, copy=True) for k, v in model.state_dict().items()}
+    twin = twin_of(model)
+    model.eval(), twin.eval()
+    model.train(), twin.train()  # back to training: the frozen layers must not follow
+    frozen = {path for path, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and m.frozen}
+    assert frozen and all(not twin.get_submodule(path).training for path in frozen)
+    x = rng.standard_normal((2, 3, 57, 49))
+    for _ in range(2):
+        y = model.forward(x)
+        with torch.no_grad():
+            ty = twin(torch.from_numpy(x))
+        np.testing.assert_allclose(y, ty.numpy(), rtol=1e-9, atol=1e-10)
+    state = twin.state_dict()
+    for name, value in model.state_dict().items():
+        np.testing.assert_allclose(value, state[name].numpy(), rtol=1e-12, err_msg=name)
+        path = name.rpartition(".")[0]
+        if path in frozen:  # running statistics and batch count as they were, in both
+            np.testing.assert_array_equal(value, before[name], err_msg=name)
+        elif name.endswith("running_mean"):
+            assert not np.array_equal(value, before[name]), name  # the head's batch norms trained
+
+
+@pytest.mark.parametrize("backbone, kernel, rates, hidden", [("vgg", 4, (4, 8), 16), ("vgg", 7, (2,), 16),
+                                                              ("resnet", 4, (2, 4), None)])
+def test_nn_torch_twin_of_an_fc6_of_another_kernel_size(backbone, kernel, rates, hidden, rng):
+    """Table 1's fc6 variants (4×4, 7×7): the twin builds fc6 with the minilab layer's
+    kernel size, padding and rate; a twin that assumed 3×3 could not load the weights, or
+    would pad the map to another size."""
+    if backbone == "vgg":
+        model = nn.deeplab_vgg16(5, width=0.125, depth=(1,) * 5, rates=rates, hidden=hidden, kernel_size=kernel,
+                                 dropout=0.0, seed=11, dtype=np.float64)
+    else:
+        bb = nn.resnet((1, 1, 1, 1), width=8, rng=11, dtype=np.float64)
+        model = nn.DeepLab(bb, nn.ASPP(bb.out_channels, 5, rates, hidden, kernel_size=kernel, dropout=0.0, rng=12,
+                                       dtype=np.float64))
+    twin = twin_of(model)
+    for i, branch in enumerate(model.head.branches):
+        fc6, tfc6 = branch.fc6, twin.head.branches[i].fc6
+        assert tfc6.kernel_size == (kernel, kernel)
+        assert (tfc6.padding, tfc6.dilation) == (fc6.padding, (fc6.rate,) * 2) == ((rates[i] * (kernel - 1) // 2,) * 2,
+                                                                                    (rates[i],) * 2)
+    x = rng.standard_normal((2, 3, 57, 49))
+    tx = torch.from_numpy(x.copy()).requires_grad_(True)
+    y, ty = model.forward(x), twin(tx)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-9, atol=1e-10)
+    dout = rng.standard_normal(y.shape)
+    model.zero_grad()
+    dx = model.backward(dout)
+    ty.backward(torch.from_numpy(dout))
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-8, atol=1e-10)
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    for name, p in twin.named_parameters():
+        np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-8, atol=1e-10, err_msg=name)

@@ -164,11 +164,18 @@ def launch(kernel, threads, *args):
 
 def _compiled(kernel, args):
     """The compiled ``kernel`` (a ``cuda.core`` kernel) for the Numba types of ``args``, which
-    an array's dtype, dimensions and contiguity decide, and a number's Python type."""
+    an array's dtype, dimensions and contiguity decide, and a number's Python type.
+
+    An array's layout is taken from CuPy's flags, not from Numba's reading of its strides:
+    numba-cuda 0.30 compares them with the dtype's width in bits, so it types a float32 view
+    whose step is 32 bytes (``x[::8]``) as C-contiguous, and a C-layout kernel ignores strides.
+    """
     key = (kernel, *((a.dtype.char, a.ndim, a.flags.c_contiguous, a.flags.f_contiguous)
                      if is_gpu_array(a) else type(a) for a in args))
     found = _kernels.get(key)
     if found is None:
-        types = tuple(kernel.typeof_pyval(a) for a in args)
+        types = tuple(kernel.typeof_pyval(a).copy(layout="C" if a.flags.c_contiguous else
+                                                  "F" if a.flags.f_contiguous else "A")
+                      if is_gpu_array(a) else kernel.typeof_pyval(a) for a in args)
         found = _kernels[key] = kernel.compile(types)._codelibrary.get_cufunc().kernel
     return found

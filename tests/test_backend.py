@@ -70,7 +70,8 @@ def test_launch_passes_arrays_of_any_layout_and_numbers_of_any_type():
 
     rng = np.random.default_rng(0)
     base = cp.asarray(rng.standard_normal((9, 14)))
-    for x in (base, base[1::2, ::3], base.T, base[::-1, ::-2], base[:, 3:4]):
+    wide = cp.asarray(rng.standard_normal((9, 16)))  # [:, ::8]: strides (128, 64), which numba-cuda 0.30 reads as C
+    for x in (base, base[1::2, ::3], base.T, base[::-1, ::-2], base[:, 3:4], wide[:, ::8]):
         for scale, shift, flag in ((2, 0.5, True), (np.int32(-3), np.float32(0.25), np.bool_(True)),
                                    (np.int64(5), 1.5, False)):
             out = cp.full(x.shape, np.nan)

@@ -29,19 +29,11 @@ def frozen_model():
     return model
 
 
-@pytest.mark.parametrize("preset, hidden", [("tiny-resnet-aspp", 32), ("tiny-resnet-aspp", None),
-                                            ("tiny-vgg-largefov", 32), ("aspp-v3", None), ("frozen", None)])
-def test_nn_torch_twin_same_outputs_and_gradients(preset, hidden, rng):
-    model = (v3_model() if preset == "aspp-v3" else frozen_model() if preset == "frozen" else
-             nn.deeplab(preset, num_classes=5, hidden=hidden, dropout=0.0, dtype=np.float64, seed=11))
-    twin = twin_of(model)
-    assert set(twin.state_dict()) == set(model.state_dict())
-    x = rng.standard_normal((2, 3, 57, 49))
+def same_outputs_and_gradients(model, twin, x, rng):
+    """One forward and backward of both: outputs, the input's gradient and every parameter's
+    agree (a frozen batch norm's parameters get none in torch and zeros in minilab)."""
     tx = torch.from_numpy(x.copy()).requires_grad_(True)
-
-    # training mode: batch statistics, running statistics updated alike
-    y = model.forward(x)
-    ty = twin(tx)
+    y, ty = model.forward(x), twin(tx)
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-9, atol=1e-10)
     dout = rng.standard_normal(y.shape)
     model.zero_grad()
@@ -50,8 +42,19 @@ def test_nn_torch_twin_same_outputs_and_gradients(preset, hidden, rng):
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-8, atol=1e-10)
     grads = {name: p.grad for name, p in model.named_parameters()}
     for name, p in twin.named_parameters():
-        expected = p.grad.numpy() if p.requires_grad else 0  # frozen batch norm: no gradient
+        expected = p.grad.numpy() if p.requires_grad else 0
         np.testing.assert_allclose(grads[name], expected, rtol=1e-8, atol=1e-10, err_msg=name)
+
+
+@pytest.mark.parametrize("preset, hidden", [("tiny-resnet-aspp", 32), ("tiny-resnet-aspp", None),
+                                            ("tiny-vgg-largefov", 32), ("aspp-v3", None), ("frozen", None)])
+def test_nn_torch_twin_same_outputs_and_gradients(preset, hidden, rng):
+    model = (v3_model() if preset == "aspp-v3" else frozen_model() if preset == "frozen" else
+             nn.deeplab(preset, num_classes=5, hidden=hidden, dropout=0.0, dtype=np.float64, seed=11))
+    twin = twin_of(model)
+    assert set(twin.state_dict()) == set(model.state_dict())
+    x = rng.standard_normal((2, 3, 57, 49))
+    same_outputs_and_gradients(model, twin, x, rng)  # training mode: batch statistics, updated alike
     for name, value in twin.state_dict().items():
         np.testing.assert_allclose(model.state_dict()[name], value.numpy(), rtol=1e-12, err_msg=name)
 
@@ -155,15 +158,4 @@ def test_nn_torch_twin_of_an_fc6_of_another_kernel_size(backbone, kernel, rates,
         assert tfc6.kernel_size == (kernel, kernel)
         assert (tfc6.padding, tfc6.dilation) == (fc6.padding, (fc6.rate,) * 2) == ((rates[i] * (kernel - 1) // 2,) * 2,
                                                                                     (rates[i],) * 2)
-    x = rng.standard_normal((2, 3, 57, 49))
-    tx = torch.from_numpy(x.copy()).requires_grad_(True)
-    y, ty = model.forward(x), twin(tx)
-    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-9, atol=1e-10)
-    dout = rng.standard_normal(y.shape)
-    model.zero_grad()
-    dx = model.backward(dout)
-    ty.backward(torch.from_numpy(dout))
-    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-8, atol=1e-10)
-    grads = {name: p.grad for name, p in model.named_parameters()}
-    for name, p in twin.named_parameters():
-        np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-8, atol=1e-10, err_msg=name)
+    same_outputs_and_gradients(model, twin, rng.standard_normal((2, 3, 57, 49)), rng)

@@ -29,6 +29,14 @@ def frozen_model():
     return model
 
 
+def same_outputs(model, twin, x):
+    """One forward of both, without gradients: the outputs agree."""
+    y = model.forward(x)
+    with torch.no_grad():
+        ty = twin(torch.from_numpy(x))
+    np.testing.assert_allclose(y, ty.numpy(), rtol=1e-9, atol=1e-10)
+
+
 def same_outputs_and_gradients(model, twin, x, rng):
     """One forward and backward of both: outputs, the input's gradient and every parameter's
     agree (a frozen batch norm's parameters get none in torch and zeros in minilab)."""
@@ -92,11 +100,7 @@ def test_nn_torch_twin_copies_batch_norm_momentum_and_eps(rng):
     for m in layers:
         m.eps, m.momentum = 1e-2, 0.7
     twin = twin_of(model)
-    x = rng.standard_normal((3, 3, 41, 33))
-    y = model.forward(x)
-    with torch.no_grad():
-        ty = twin(torch.from_numpy(x))
-    np.testing.assert_allclose(y, ty.numpy(), rtol=1e-9, atol=1e-10)
+    same_outputs(model, twin, rng.standard_normal((3, 3, 41, 33)))
     state = twin.state_dict()
     for name, value in model.state_dict().items():
         if name.endswith(("running_mean", "running_var")):
@@ -125,10 +129,7 @@ def test_nn_torch_twin_frozen_batch_norm_stays_frozen_after_train(rng):
     assert frozen and all(not twin.get_submodule(path).training for path in frozen)
     x = rng.standard_normal((2, 3, 57, 49))
     for _ in range(2):
-        y = model.forward(x)
-        with torch.no_grad():
-            ty = twin(torch.from_numpy(x))
-        np.testing.assert_allclose(y, ty.numpy(), rtol=1e-9, atol=1e-10)
+        same_outputs(model, twin, x)
     state = twin.state_dict()
     for name, value in model.state_dict().items():
         np.testing.assert_allclose(value, state[name].numpy(), rtol=1e-12, err_msg=name)

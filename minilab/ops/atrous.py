@@ -723,11 +723,12 @@ if cuda is not None:
     @cuda.jit
     def _gather_taps_kernel(dy, u0, a0, rate, stride, ph, pw, d):
         # d[u, v, f, r, q] = dy[f, i, j] for the output (i, j) that read input pixel (a0 + r, q)
-        # through tap (u0 + u, v), and 0 where none did: what _gather_taps writes. Block (p, r)
-        # fills row r of plane p = (u, v, f), its threads stepping along the row: the plane's
-        # indices are divided out once per thread, not per element (a 1-D grid unravelling
-        # every element's five indices was bound by integer division, 0.3 TB/s on an H200)
-        p, r = cuda.blockIdx.x, cuda.blockIdx.y
+        # through tap (u0 + u, v), and 0 where none did: what _gather_taps writes. Block
+        # p·rows + r fills row r of plane p = (u, v, f), its threads stepping along the row:
+        # the indices are divided out once per thread, not per element (a grid of one thread
+        # per element unravelling its five indices was bound by integer division, 0.3 TB/s on
+        # an H200); one grid dimension, so no count of rows or planes meets CUDA's 65 535
+        p, r = cuda.blockIdx.x // d.shape[3], cuda.blockIdx.x % d.shape[3]
         f = p % d.shape[2]
         v = p // d.shape[2] % d.shape[1]
         u = p // (d.shape[1] * d.shape[2])
@@ -766,7 +767,7 @@ if cuda is not None:
 
 def _gather_taps_cuda(dy, u0, a0, rate, stride, padding, d):
     """Launch the gather: a block of 32 threads per row of each plane of d."""
-    backend.launch(_gather_taps_kernel, ((d.shape[0] * d.shape[1] * d.shape[2], d.shape[3]), 32),
+    backend.launch(_gather_taps_kernel, (d.shape[0] * d.shape[1] * d.shape[2] * d.shape[3], 32),
                    dy, u0, a0, rate, stride, *padding, d)
 
 
